@@ -1,0 +1,24 @@
+"""Llama-family decoder, heads, presets and Hugging Face interop."""
+
+from jaxrl_reason.model.config import PRESETS, ModelConfig, RopeScaling, model_config
+from jaxrl_reason.model.transformer import (
+    ModelOutput,
+    Transformer,
+    default_positions,
+    init_cache,
+    init_params,
+    param_logical_axes,
+)
+
+__all__ = [
+    "PRESETS",
+    "ModelConfig",
+    "ModelOutput",
+    "RopeScaling",
+    "Transformer",
+    "default_positions",
+    "init_cache",
+    "init_params",
+    "model_config",
+    "param_logical_axes",
+]

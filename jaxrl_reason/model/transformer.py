@@ -1,0 +1,285 @@
+"""A Llama-family decoder in Flax linen: RMSNorm, RoPE, SwiGLU, grouped-query attention.
+
+Einsum letters: B batch, T query length, S key length (cache slots), D embed, N query heads,
+K kv heads, G query heads per kv head (N = K * G), H head dim, F mlp, V vocab, L layers.
+
+Masking works on *slots*: a batch is left-padded so that all rows share one timeline of
+slots, `input_mask` says which slots hold real tokens, and a query at slot t sees keys at
+slots s <= t that are real. RoPE uses the explicit `positions`, so a left-padded row's
+first real token has position 0 whatever its slot.
+
+The KV cache is a plain pytree made by `init_cache`:
+  {"k": [L, B, S, K, H], "v": [L, B, S, K, H], "mask": [B, S] bool, "index": int32 []}
+A call with a cache writes its T tokens at slots index .. index + T - 1 and advances index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jaxrl_reason.model.config import ModelConfig
+
+Cache = dict[str, jax.Array]
+HEAD_NAMES = ("value", "reward")
+_MASKED = -1e30  # finite, so a fully masked (padding) query row stays NaN-free
+
+
+@flax.struct.dataclass
+class ModelOutput:
+    logits: jax.Array | None  # [B, T, V] float32 (T = 1 with last_logits_only)
+    hidden: jax.Array  # [B, T, D] final-normed hidden states
+    heads: dict[str, jax.Array]  # name -> [B, T] float32 scalars
+    cache: Cache | None
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype: Any = None) -> Cache:
+    """An empty KV cache of `max_len` slots for `batch_size` rows."""
+    dtype = dtype or config.compute_dtype
+    shape = (config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "mask": jnp.zeros((batch_size, max_len), jnp.bool_),
+        "index": jnp.zeros((), jnp.int32),
+    }
+
+
+def rope_frequencies(config: ModelConfig) -> jax.Array:
+    """Inverse frequencies [H/2], with Llama-3 scaling when configured."""
+    h = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    s = config.rope_scaling
+    if s is None:
+        return inv_freq
+    wavelen = 2 * jnp.pi / inv_freq
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor
+    )
+    mid = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    is_mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(is_mid, mid, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate halves (the HF Llama convention) of x [B, T, n, H] by positions [B, T]."""
+    angles = positions[:, :, None, None].astype(jnp.float32) * inv_freq  # [B, T, 1, H/2]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
+           init: Any, dtype: Any) -> jax.Array:
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def _fan_in(in_axis: Any, out_axis: Any) -> Any:
+    return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                            in_axis=in_axis, out_axis=out_axis)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = _param(self, "scale", (x.shape[-1],), ("embed",), nn.initializers.ones,
+                       self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (scale.astype(jnp.float32) * x32).astype(self.dtype)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, attn_mask, layer_cache, cache_index):
+        c = self.config
+        dt, pdt = c.compute_dtype, c.weight_dtype
+        d, n, k, h = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
+        wq = _param(self, "q", (d, n, h), ("embed", "heads", "head_dim"), _fan_in(0, (1, 2)), pdt)
+        wk = _param(self, "k", (d, k, h), ("embed", "kv_heads", "head_dim"),
+                    _fan_in(0, (1, 2)), pdt)
+        wv = _param(self, "v", (d, k, h), ("embed", "kv_heads", "head_dim"),
+                    _fan_in(0, (1, 2)), pdt)
+        wo = _param(self, "o", (n, h, d), ("heads", "head_dim", "embed"), _fan_in((0, 1), 2), pdt)
+
+        inv_freq = rope_frequencies(c)
+        q = jnp.einsum("BTD,DNH->BTNH", x, wq.astype(dt))
+        key = jnp.einsum("BTD,DKH->BTKH", x, wk.astype(dt))
+        val = jnp.einsum("BTD,DKH->BTKH", x, wv.astype(dt))
+        q = apply_rope(q, positions, inv_freq)
+        key = apply_rope(key, positions, inv_freq)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+
+        new_cache = None
+        if layer_cache is not None:
+            zero = jnp.zeros((), jnp.int32)
+            idx = (zero, cache_index, zero, zero)
+            key = jax.lax.dynamic_update_slice(layer_cache[0], key.astype(layer_cache[0].dtype),
+                                               idx)  # [B, S, K, H]
+            val = jax.lax.dynamic_update_slice(layer_cache[1], val.astype(layer_cache[1].dtype),
+                                               idx)
+            new_cache = (key, val)
+            key, val = key.astype(dt), val.astype(dt)
+        key = nn.with_logical_constraint(key, ("batch", "length", "kv_heads", "head_dim"))
+
+        b, t = q.shape[:2]
+        q = q.reshape(b, t, k, n // k, h) * (h**-0.5)  # [B, T, K, G, H]
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, key).astype(jnp.float32)
+        scores = jnp.where(attn_mask[:, None, None], scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, val).reshape(b, t, n, h)
+        return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt)), new_cache
+
+
+class Mlp(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.config
+        dt, pdt = c.compute_dtype, c.weight_dtype
+        gate = _param(self, "gate", (c.d_model, c.mlp_dim), ("embed", "mlp"), _fan_in(0, 1), pdt)
+        up = _param(self, "up", (c.d_model, c.mlp_dim), ("embed", "mlp"), _fan_in(0, 1), pdt)
+        down = _param(self, "down", (c.mlp_dim, c.d_model), ("mlp", "embed"), _fan_in(0, 1), pdt)
+        hidden = jax.nn.silu(jnp.einsum("BTD,DF->BTF", x, gate.astype(dt)))
+        hidden = hidden * jnp.einsum("BTD,DF->BTF", x, up.astype(dt))
+        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+        return jnp.einsum("BTF,FD->BTD", hidden, down.astype(dt))
+
+
+class Block(nn.Module):
+    """One decoder layer; scanned over layers, so it maps (carry, per-layer input)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, layer_cache, positions, attn_mask, cache_index):
+        c = self.config
+        norm = lambda name: RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype, name=name)
+        attn_out, new_cache = Attention(c, name="attn")(
+            norm("attn_norm")(x), positions, attn_mask, layer_cache, cache_index
+        )
+        x = x + attn_out
+        x = x + Mlp(c, name="mlp")(norm("mlp_norm")(x))
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return x, new_cache
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM with optional scalar heads ("value", "reward") on the shared trunk.
+
+    `__call__(tokens [B, T], positions [B, T], input_mask [B, T] | None, cache | None)`
+    returns a `ModelOutput`. Without a cache the call attends within `tokens`; with one it
+    appends `tokens` at `cache["index"]` and attends over every filled slot.
+    """
+
+    config: ModelConfig
+    heads: tuple[str, ...] = ()
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, positions: jax.Array,
+                 input_mask: jax.Array | None = None, cache: Cache | None = None,
+                 last_logits_only: bool = False, return_logits: bool = True) -> ModelOutput:
+        c = self.config
+        for name in self.heads:
+            if name not in HEAD_NAMES:
+                raise ValueError(f"unknown head {name!r}; choose from {HEAD_NAMES}")
+        b, t = tokens.shape
+        if input_mask is None:
+            input_mask = jnp.ones((b, t), jnp.bool_)
+        input_mask = input_mask.astype(jnp.bool_)
+
+        embedding = _param(self, "embedding", (c.vocab_size, c.d_model), ("vocab", "embed"),
+                           nn.initializers.normal(1.0), c.weight_dtype)
+        x = jnp.take(embedding, tokens, axis=0).astype(c.compute_dtype)  # [B, T, D]
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+        if cache is None:
+            cache_index = jnp.zeros((), jnp.int32)
+            key_mask = input_mask  # [B, S=T]
+            layer_caches = None
+        else:
+            cache_index = cache["index"]
+            key_mask = jax.lax.dynamic_update_slice(cache["mask"], input_mask, (0, cache_index))
+            layer_caches = (cache["k"], cache["v"])
+        query_slot = cache_index + jnp.arange(t)  # [T]
+        key_slot = jnp.arange(key_mask.shape[1])  # [S]
+        attn_mask = (key_slot[None, :] <= query_slot[:, None])[None] & key_mask[:, None, :]
+
+        block = Block
+        if c.remat:
+            block = nn.remat(Block, prevent_cse=False)
+        layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=c.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(c, name="layers")
+        x, new_layer_caches = layers(x, layer_caches, positions, attn_mask, cache_index)
+
+        hidden = RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype, name="final_norm")(x)
+        new_cache = None
+        if cache is not None:
+            new_cache = {"k": new_layer_caches[0], "v": new_layer_caches[1], "mask": key_mask,
+                         "index": cache_index + t}
+
+        logits = None
+        if return_logits:
+            h = hidden[:, -1:] if last_logits_only else hidden
+            if c.tie_embeddings:
+                logits = jnp.einsum("BTD,VD->BTV", h, embedding.astype(c.compute_dtype))
+            else:
+                lm_head = _param(self, "lm_head", (c.d_model, c.vocab_size), ("embed", "vocab"),
+                                 _fan_in(0, 1), c.weight_dtype)
+                logits = jnp.einsum("BTD,DV->BTV", h, lm_head.astype(c.compute_dtype))
+            logits = nn.with_logical_constraint(logits.astype(jnp.float32),
+                                                ("batch", "length", "vocab"))
+        elif not c.tie_embeddings and self.is_initializing():
+            _param(self, "lm_head", (c.d_model, c.vocab_size), ("embed", "vocab"),
+                   _fan_in(0, 1), c.weight_dtype)
+
+        heads = {}
+        for name in self.heads:
+            w = _param(self, f"{name}_head", (c.d_model,), ("embed",),
+                       nn.initializers.zeros, jnp.float32)
+            bias = _param(self, f"{name}_head_bias", (), (), nn.initializers.zeros, jnp.float32)
+            heads[name] = jnp.einsum("BTD,D->BT", hidden.astype(jnp.float32), w) + bias
+        return ModelOutput(logits=logits, hidden=hidden, heads=heads, cache=new_cache)
+
+
+def init_params(config: ModelConfig, rng: jax.Array, heads: tuple[str, ...] = ()) -> Any:
+    """Random parameters (plain arrays, logical-axis metadata stripped)."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    variables = Transformer(config, heads).init(rng, tokens, tokens)
+    return nn.meta.unbox(variables["params"])
+
+
+def param_logical_axes(config: ModelConfig, heads: tuple[str, ...] = ()) -> Any:
+    """The logical axis names of every parameter, as a pytree of `PartitionSpec`s."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    abstract = jax.eval_shape(
+        lambda: Transformer(config, heads).init(jax.random.key(0), tokens, tokens)
+    )
+    return nn.get_partition_spec(abstract)["params"]
+
+
+def default_positions(input_mask: jax.Array) -> jax.Array:
+    """RoPE positions for a left-padded batch: 0 at each row's first real token."""
+    mask = input_mask.astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
