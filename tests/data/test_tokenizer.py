@@ -1,0 +1,96 @@
+"""Tokenizers: sentencepiece training and round trips, HF tokenizer.json loading."""
+
+import pytest
+
+from jaxrl_reason.data.arith import generate_arith
+from jaxrl_reason.data.tokenizer import (
+    HFTokenizer,
+    SentencePieceTokenizer,
+    load_tokenizer,
+    token_char_ends,
+    train_sentencepiece,
+)
+
+
+def test_sentencepiece_ids(arith_tokenizer):
+    tok = arith_tokenizer
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 2, 3)
+    assert 300 < tok.vocab_size <= 512
+    ids = tok.encode("Tom has 12 apples.", add_bos=True, add_eos=True)
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+    assert all(0 <= i < tok.vocab_size for i in ids)
+
+
+def test_sentencepiece_round_trip(arith_tokenizer):
+    texts = [e.question + "\n" + e.solution for e in generate_arith("test", 50, seed=5)]
+    texts += ["Ünïcödé 你好 and tabs\tand  double spaces\n\nnew lines", "[GOOD] Tom has 7"]
+    for text in texts:
+        assert arith_tokenizer.decode(arith_tokenizer.encode(text, add_eos=True)) == text
+    assert arith_tokenizer.decode_batch(arith_tokenizer.encode_batch(texts)) == texts
+
+
+def test_digits_are_split_and_symbols_are_single(arith_tokenizer):
+    tok = arith_tokenizer
+    assert len(tok.encode("123456789", add_bos=False)) >= 9
+    good = tok.piece_to_id("[GOOD]")
+    assert tok.encode("[GOOD]", add_bos=False)[-1] == good
+    assert tok.decode([tok.pad_id, good, tok.pad_id]) == "[GOOD]"
+
+
+def test_token_char_ends(arith_tokenizer):
+    text = "Tom has 3+4=<<3+4=7>>7 apples.\n#### 7"
+    ids = arith_tokenizer.encode(text, add_bos=False)
+    ends = token_char_ends(arith_tokenizer, ids)
+    assert len(ends) == len(ids) and ends[-1] == len(text)
+    assert all(a <= b for a, b in zip(ends, ends[1:]))
+
+
+def test_sentencepiece_unigram_and_load(tmp_path):
+    texts = [e.question for e in generate_arith("train", 500, seed=0)]
+    tok = train_sentencepiece(texts, tmp_path / "uni", vocab_size=400, model_type="unigram")
+    again = load_tokenizer(tmp_path / "uni.model")
+    assert isinstance(again, SentencePieceTokenizer)
+    assert again.encode(texts[0]) == tok.encode(texts[0])
+
+
+def _tiny_hf_tokenizer(path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(
+        [e.question + "\n" + e.solution for e in generate_arith("train", 300)], trainer
+    )
+    tok.save(str(path))
+
+
+def test_hf_tokenizer(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    _tiny_hf_tokenizer(path)
+    tok = load_tokenizer(path)
+    assert isinstance(tok, HFTokenizer)
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+    text = "Tom has 3+4=<<3+4=7>>7 apples.\n#### 7"
+    ids = tok.encode(text, add_bos=True, add_eos=True)
+    assert ids[0] == 1 and ids[-1] == 2
+    assert tok.decode(ids) == text
+    assert load_tokenizer(tmp_path).vocab_size == tok.vocab_size  # a directory works too
+
+
+def test_hf_tokenizer_explicit_tokens_and_errors(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    _tiny_hf_tokenizer(path)
+    tok = HFTokenizer(path, bos_token="</s>", eos_token="<s>")
+    assert (tok.bos_id, tok.eos_id) == (2, 1)
+    with pytest.raises(ValueError, match="bos"):
+        HFTokenizer(path, bos_token="<|begin_of_text|>")
+    with pytest.raises(FileNotFoundError):
+        load_tokenizer(tmp_path / "missing.model")
+    with pytest.raises(ValueError, match="tokenizer type"):
+        load_tokenizer(tmp_path / "vocab.txt")
