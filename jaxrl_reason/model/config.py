@@ -47,8 +47,16 @@ class ModelConfig:
     remat: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
-                     "head_dim", "mlp_dim", "max_seq_len"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "mlp_dim",
+            "max_seq_len",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_heads % self.num_kv_heads:
@@ -93,9 +101,11 @@ class ModelConfig:
         seq_len * causal factor 1/2). `backward=True` triples it (forward + 2x backward).
         """
         d, h = self.d_model, self.head_dim
-        matmul_params = self.num_layers * (
-            d * h * (2 * self.num_heads + 2 * self.num_kv_heads) + 3 * d * self.mlp_dim
-        ) + self.vocab_size * d
+        matmul_params = (
+            self.num_layers
+            * (d * h * (2 * self.num_heads + 2 * self.num_kv_heads) + 3 * d * self.mlp_dim)
+            + self.vocab_size * d
+        )
         # QK^T and AV: 2 matmuls * 2 flops * heads * head_dim * keys, keys ~ seq_len / 2.
         attention = self.num_layers * 2 * 2 * self.num_heads * h * (seq_len / 2)
         forward = 2 * matmul_params + attention
@@ -104,39 +114,96 @@ class ModelConfig:
 
 def tiny() -> ModelConfig:
     """~3M parameters: unit tests and the built-in `arith` task on a CPU."""
-    return ModelConfig(vocab_size=1024, d_model=256, num_layers=4, num_heads=4,
-                       num_kv_heads=2, head_dim=64, mlp_dim=768, max_seq_len=512)
+    return ModelConfig(
+        vocab_size=1024,
+        d_model=256,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        mlp_dim=768,
+        max_seq_len=512,
+    )
 
 
 def small_50m() -> ModelConfig:
     """~50M parameters: the throughput benchmark's mid-size config."""
-    return ModelConfig(vocab_size=32000, d_model=512, num_layers=8, num_heads=8,
-                       num_kv_heads=8, head_dim=64, mlp_dim=1536, max_seq_len=2048)
+    return ModelConfig(
+        vocab_size=32000,
+        d_model=512,
+        num_layers=8,
+        num_heads=8,
+        num_kv_heads=8,
+        head_dim=64,
+        mlp_dim=1536,
+        max_seq_len=2048,
+    )
 
 
 def llama2_7b() -> ModelConfig:
-    return ModelConfig(vocab_size=32000, d_model=4096, num_layers=32, num_heads=32,
-                       num_kv_heads=32, head_dim=128, mlp_dim=11008, max_seq_len=4096,
-                       norm_eps=1e-5, dtype="bfloat16", param_dtype="float32")
+    return ModelConfig(
+        vocab_size=32000,
+        d_model=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=32,
+        head_dim=128,
+        mlp_dim=11008,
+        max_seq_len=4096,
+        norm_eps=1e-5,
+        dtype="bfloat16",
+        param_dtype="float32",
+    )
 
 
 def llama2_13b() -> ModelConfig:
-    return ModelConfig(vocab_size=32000, d_model=5120, num_layers=40, num_heads=40,
-                       num_kv_heads=40, head_dim=128, mlp_dim=13824, max_seq_len=4096,
-                       norm_eps=1e-5, dtype="bfloat16", param_dtype="float32")
+    return ModelConfig(
+        vocab_size=32000,
+        d_model=5120,
+        num_layers=40,
+        num_heads=40,
+        num_kv_heads=40,
+        head_dim=128,
+        mlp_dim=13824,
+        max_seq_len=4096,
+        norm_eps=1e-5,
+        dtype="bfloat16",
+        param_dtype="float32",
+    )
 
 
 def llama2_70b() -> ModelConfig:
-    return ModelConfig(vocab_size=32000, d_model=8192, num_layers=80, num_heads=64,
-                       num_kv_heads=8, head_dim=128, mlp_dim=28672, max_seq_len=4096,
-                       norm_eps=1e-5, dtype="bfloat16", param_dtype="bfloat16", remat=True)
+    return ModelConfig(
+        vocab_size=32000,
+        d_model=8192,
+        num_layers=80,
+        num_heads=64,
+        num_kv_heads=8,
+        head_dim=128,
+        mlp_dim=28672,
+        max_seq_len=4096,
+        norm_eps=1e-5,
+        dtype="bfloat16",
+        param_dtype="bfloat16",
+        remat=True,
+    )
 
 
 def llama3_8b() -> ModelConfig:
-    return ModelConfig(vocab_size=128256, d_model=4096, num_layers=32, num_heads=32,
-                       num_kv_heads=8, head_dim=128, mlp_dim=14336, max_seq_len=8192,
-                       rope_theta=500000.0, norm_eps=1e-5, dtype="bfloat16",
-                       param_dtype="float32")
+    return ModelConfig(
+        vocab_size=128256,
+        d_model=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        mlp_dim=14336,
+        max_seq_len=8192,
+        rope_theta=500000.0,
+        norm_eps=1e-5,
+        dtype="bfloat16",
+        param_dtype="float32",
+    )
 
 
 PRESETS = {

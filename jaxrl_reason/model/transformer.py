@@ -77,14 +77,21 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
     return out.astype(x.dtype)
 
 
-def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
-           init: Any, dtype: Any) -> jax.Array:
+def _param(
+    module: nn.Module,
+    name: str,
+    shape: tuple[int, ...],
+    axes: tuple[str, ...],
+    init: Any,
+    dtype: Any,
+) -> jax.Array:
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 
 def _fan_in(in_axis: Any, out_axis: Any) -> Any:
-    return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
-                                            in_axis=in_axis, out_axis=out_axis)
+    return nn.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis
+    )
 
 
 class RMSNorm(nn.Module):
@@ -94,8 +101,9 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = _param(self, "scale", (x.shape[-1],), ("embed",), nn.initializers.ones,
-                       self.param_dtype)
+        scale = _param(
+            self, "scale", (x.shape[-1],), ("embed",), nn.initializers.ones, self.param_dtype
+        )
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
         return (scale.astype(jnp.float32) * x32).astype(self.dtype)
@@ -110,10 +118,12 @@ class Attention(nn.Module):
         dt, pdt = c.compute_dtype, c.weight_dtype
         d, n, k, h = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
         wq = _param(self, "q", (d, n, h), ("embed", "heads", "head_dim"), _fan_in(0, (1, 2)), pdt)
-        wk = _param(self, "k", (d, k, h), ("embed", "kv_heads", "head_dim"),
-                    _fan_in(0, (1, 2)), pdt)
-        wv = _param(self, "v", (d, k, h), ("embed", "kv_heads", "head_dim"),
-                    _fan_in(0, (1, 2)), pdt)
+        wk = _param(
+            self, "k", (d, k, h), ("embed", "kv_heads", "head_dim"), _fan_in(0, (1, 2)), pdt
+        )
+        wv = _param(
+            self, "v", (d, k, h), ("embed", "kv_heads", "head_dim"), _fan_in(0, (1, 2)), pdt
+        )
         wo = _param(self, "o", (n, h, d), ("heads", "head_dim", "embed"), _fan_in((0, 1), 2), pdt)
 
         inv_freq = rope_frequencies(c)
@@ -128,10 +138,12 @@ class Attention(nn.Module):
         if layer_cache is not None:
             zero = jnp.zeros((), jnp.int32)
             idx = (zero, cache_index, zero, zero)
-            key = jax.lax.dynamic_update_slice(layer_cache[0], key.astype(layer_cache[0].dtype),
-                                               idx)  # [B, S, K, H]
-            val = jax.lax.dynamic_update_slice(layer_cache[1], val.astype(layer_cache[1].dtype),
-                                               idx)
+            key = jax.lax.dynamic_update_slice(
+                layer_cache[0], key.astype(layer_cache[0].dtype), idx
+            )  # [B, S, K, H]
+            val = jax.lax.dynamic_update_slice(
+                layer_cache[1], val.astype(layer_cache[1].dtype), idx
+            )
             new_cache = (key, val)
             key, val = key.astype(dt), val.astype(dt)
         key = nn.with_logical_constraint(key, ("batch", "length", "kv_heads", "head_dim"))
@@ -191,9 +203,15 @@ class Transformer(nn.Module):
     heads: tuple[str, ...] = ()
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, positions: jax.Array,
-                 input_mask: jax.Array | None = None, cache: Cache | None = None,
-                 last_logits_only: bool = False, return_logits: bool = True) -> ModelOutput:
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        input_mask: jax.Array | None = None,
+        cache: Cache | None = None,
+        last_logits_only: bool = False,
+        return_logits: bool = True,
+    ) -> ModelOutput:
         c = self.config
         for name in self.heads:
             if name not in HEAD_NAMES:
@@ -203,8 +221,14 @@ class Transformer(nn.Module):
             input_mask = jnp.ones((b, t), jnp.bool_)
         input_mask = input_mask.astype(jnp.bool_)
 
-        embedding = _param(self, "embedding", (c.vocab_size, c.d_model), ("vocab", "embed"),
-                           nn.initializers.normal(1.0), c.weight_dtype)
+        embedding = _param(
+            self,
+            "embedding",
+            (c.vocab_size, c.d_model),
+            ("vocab", "embed"),
+            nn.initializers.normal(1.0),
+            c.weight_dtype,
+        )
         x = jnp.take(embedding, tokens, axis=0).astype(c.compute_dtype)  # [B, T, D]
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -236,8 +260,12 @@ class Transformer(nn.Module):
         hidden = RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype, name="final_norm")(x)
         new_cache = None
         if cache is not None:
-            new_cache = {"k": new_layer_caches[0], "v": new_layer_caches[1], "mask": key_mask,
-                         "index": cache_index + t}
+            new_cache = {
+                "k": new_layer_caches[0],
+                "v": new_layer_caches[1],
+                "mask": key_mask,
+                "index": cache_index + t,
+            }
 
         logits = None
         if return_logits:
@@ -245,19 +273,33 @@ class Transformer(nn.Module):
             if c.tie_embeddings:
                 logits = jnp.einsum("BTD,VD->BTV", h, embedding.astype(c.compute_dtype))
             else:
-                lm_head = _param(self, "lm_head", (c.d_model, c.vocab_size), ("embed", "vocab"),
-                                 _fan_in(0, 1), c.weight_dtype)
+                lm_head = _param(
+                    self,
+                    "lm_head",
+                    (c.d_model, c.vocab_size),
+                    ("embed", "vocab"),
+                    _fan_in(0, 1),
+                    c.weight_dtype,
+                )
                 logits = jnp.einsum("BTD,DV->BTV", h, lm_head.astype(c.compute_dtype))
-            logits = nn.with_logical_constraint(logits.astype(jnp.float32),
-                                                ("batch", "length", "vocab"))
+            logits = nn.with_logical_constraint(
+                logits.astype(jnp.float32), ("batch", "length", "vocab")
+            )
         elif not c.tie_embeddings and self.is_initializing():
-            _param(self, "lm_head", (c.d_model, c.vocab_size), ("embed", "vocab"),
-                   _fan_in(0, 1), c.weight_dtype)
+            _param(
+                self,
+                "lm_head",
+                (c.d_model, c.vocab_size),
+                ("embed", "vocab"),
+                _fan_in(0, 1),
+                c.weight_dtype,
+            )
 
         heads = {}
         for name in self.heads:
-            w = _param(self, f"{name}_head", (c.d_model,), ("embed",),
-                       nn.initializers.zeros, jnp.float32)
+            w = _param(
+                self, f"{name}_head", (c.d_model,), ("embed",), nn.initializers.zeros, jnp.float32
+            )
             bias = _param(self, f"{name}_head_bias", (), (), nn.initializers.zeros, jnp.float32)
             heads[name] = jnp.einsum("BTD,D->BT", hidden.astype(jnp.float32), w) + bias
         return ModelOutput(logits=logits, hidden=hidden, heads=heads, cache=new_cache)

@@ -1,0 +1,475 @@
+"""Hugging Face Llama checkpoints <-> our `ModelConfig` and params, streamed tensor by tensor.
+
+Loading never materialises the checkpoint: every parameter is built with
+`jax.make_array_from_callback`, whose callback reads only the slice of the HF tensors that
+one device's shard needs (`safe_open(...).get_slice`), layer by layer. Saving writes into a
+temporary sibling directory and renames it into place, so a failure never leaves a
+half-written destination.
+
+HF linear weights are [out, in]; ours are einsum-shaped and stacked over layers:
+  q_proj [N*H, D] -> q [L, D, N, H]    o_proj [D, N*H] -> o [L, N, H, D]
+  gate/up [F, D]  -> [L, D, F]         down [D, F]     -> [L, F, D]
+  lm_head [V, D]  -> [D, V]            embed_tokens [V, D] as is
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import shutil
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_dtypes  # noqa: F401  (registers "bfloat16" with numpy, so bf16 files read as numpy)
+import numpy as np
+import safetensors
+import safetensors.numpy
+from jax.experimental import multihost_utils
+
+from jaxrl_reason.model.config import _DTYPES, ModelConfig, RopeScaling
+from jaxrl_reason.model.transformer import init_params
+
+PathLike = str | os.PathLike
+_INDEX_FILE = "model.safetensors.index.json"
+_SINGLE_FILE = "model.safetensors"
+
+# ----------------------------------------------------------------------------- configs
+
+
+def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """A `ModelConfig` from a HF Llama `config.json` dict (transformers 4.x or 5.x keys)."""
+    archs = hf.get("architectures") or ["LlamaForCausalLM"]
+    if list(archs) != ["LlamaForCausalLM"]:
+        raise ValueError(
+            f"config.json architectures={archs}: only ['LlamaForCausalLM'] is supported"
+        )
+    if hf.get("model_type", "llama") != "llama":
+        raise ValueError(f"config.json model_type={hf['model_type']!r}: only 'llama' is supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(
+            f"config.json hidden_act={hf['hidden_act']!r}: only 'silu' (SwiGLU) is supported"
+        )
+    for name in ("attention_bias", "mlp_bias"):
+        if hf.get(name, False):
+            raise ValueError(f"config.json {name}={hf[name]}: biases are not supported")
+    # transformers 5 nests rope_theta and the scaling in `rope_parameters`; 4.x keeps them apart.
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    scaling = None
+    if rope_type == "llama3":
+        scaling = RopeScaling(
+            factor=float(rope["factor"]),
+            low_freq_factor=float(rope["low_freq_factor"]),
+            high_freq_factor=float(rope["high_freq_factor"]),
+            original_max_position_embeddings=int(rope["original_max_position_embeddings"]),
+        )
+    elif rope_type != "default":
+        raise ValueError(
+            f"config.json rope_scaling rope_type={rope_type!r}: only 'llama3' or none is supported"
+        )
+    heads = hf["num_attention_heads"]
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        d_model=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        mlp_dim=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        rope_theta=float(hf.get("rope_theta", rope.get("rope_theta", 10000.0))),
+        rope_scaling=scaling,
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+
+
+def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
+    """The HF `config.json` dict of a `LlamaForCausalLM` with `config`'s shapes."""
+    c = config
+    s = c.rope_scaling
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.d_model,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "intermediate_size": c.mlp_dim,
+        "max_position_embeddings": c.max_seq_len,
+        "rope_theta": c.rope_theta,
+        "rope_scaling": None if s is None else {"rope_type": "llama3", **dataclasses.asdict(s)},
+        "rms_norm_eps": c.norm_eps,
+        "tie_word_embeddings": c.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "torch_dtype": dtype,
+    }
+
+
+def model_config_to_json(config: ModelConfig) -> str:
+    return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
+
+
+def model_config_from_json(text: str) -> ModelConfig:
+    fields = json.loads(text)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    if unknown := sorted(set(fields) - known):
+        raise ValueError(f"model config JSON has unknown fields {unknown}; known: {sorted(known)}")
+    if fields.get("rope_scaling") is not None:
+        fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
+    return ModelConfig(**fields)
+
+
+# ----------------------------------------------------------------------------- tensor map
+
+
+@dataclasses.dataclass(frozen=True)
+class _Mapping:
+    """How one HF tensor becomes (one layer of) one of our params.
+
+    The HF tensor, of shape `prod(g) for g in groups`, is viewed with each axis split into
+    its group (e.g. [N*H, D] -> [N, H, D]) and transposed by `perm` into our layout.
+    """
+
+    hf_name: str  # with "{i}" for the layer when stacked
+    groups: tuple[tuple[int, ...], ...]
+    perm: tuple[int, ...]
+    stacked: bool
+
+    @property
+    def hf_shape(self) -> tuple[int, ...]:
+        return tuple(math.prod(g) for g in self.groups)
+
+    def shape(self, num_layers: int) -> tuple[int, ...]:
+        view = [n for g in self.groups for n in g]
+        ours = tuple(view[p] for p in self.perm)
+        return (num_layers, *ours) if self.stacked else ours
+
+    def read(self, reader: _Reader, index: tuple[slice, ...], layer: int = 0) -> np.ndarray:
+        """Our-layout block `index` (one layer) read from only the HF rows/columns it needs."""
+        view_index: list[slice] = [slice(0)] * len(self.perm)
+        for ours_axis, view_axis in enumerate(self.perm):
+            view_index[view_axis] = index[ours_axis]
+        hf_index, local_shape, post, axis = [], [], [], 0
+        for g in self.groups:
+            # Split axes are read whole except the outermost, then sliced after the reshape.
+            first, inner = view_index[axis], math.prod(g[1:])
+            hf_index.append(slice(first.start * inner, first.stop * inner))
+            local_shape += [first.stop - first.start, *g[1:]]
+            post += [slice(None), *view_index[axis + 1 : axis + len(g)]]
+            axis += len(g)
+        block = reader.read(self.hf_name.format(i=layer), tuple(hf_index))
+        return block.reshape(local_shape)[tuple(post)].transpose(self.perm)
+
+    def to_hf(self, ours: np.ndarray) -> np.ndarray:
+        """One layer of our param back to the HF tensor (exact inverse of `read`)."""
+        return np.ascontiguousarray(ours.transpose(np.argsort(self.perm)).reshape(self.hf_shape))
+
+
+def _mappings(c: ModelConfig) -> dict[tuple[str, ...], _Mapping]:
+    d, n, k, h, f, v = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim, c.vocab_size
+    layer = "model.layers.{i}."
+    maps = {
+        ("embedding",): _Mapping("model.embed_tokens.weight", ((v,), (d,)), (0, 1), False),
+        ("final_norm", "scale"): _Mapping("model.norm.weight", ((d,),), (0,), False),
+        ("layers", "attn", "q"): _Mapping(
+            layer + "self_attn.q_proj.weight", ((n, h), (d,)), (2, 0, 1), True
+        ),
+        ("layers", "attn", "k"): _Mapping(
+            layer + "self_attn.k_proj.weight", ((k, h), (d,)), (2, 0, 1), True
+        ),
+        ("layers", "attn", "v"): _Mapping(
+            layer + "self_attn.v_proj.weight", ((k, h), (d,)), (2, 0, 1), True
+        ),
+        ("layers", "attn", "o"): _Mapping(
+            layer + "self_attn.o_proj.weight", ((d,), (n, h)), (1, 2, 0), True
+        ),
+        ("layers", "attn_norm", "scale"): _Mapping(
+            layer + "input_layernorm.weight", ((d,),), (0,), True
+        ),
+        ("layers", "mlp_norm", "scale"): _Mapping(
+            layer + "post_attention_layernorm.weight", ((d,),), (0,), True
+        ),
+        ("layers", "mlp", "gate"): _Mapping(
+            layer + "mlp.gate_proj.weight", ((f,), (d,)), (1, 0), True
+        ),
+        ("layers", "mlp", "up"): _Mapping(layer + "mlp.up_proj.weight", ((f,), (d,)), (1, 0), True),
+        ("layers", "mlp", "down"): _Mapping(
+            layer + "mlp.down_proj.weight", ((d,), (f,)), (1, 0), True
+        ),
+    }
+    if not c.tie_embeddings:
+        maps[("lm_head",)] = _Mapping("lm_head.weight", ((v,), (d,)), (1, 0), False)
+    return maps
+
+
+def _hf_names(m: _Mapping, num_layers: int) -> list[str]:
+    return [m.hf_name.format(i=i) for i in range(num_layers)] if m.stacked else [m.hf_name]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+class _Reader:
+    """Finds HF tensors in a directory's safetensors file(s) and reads slices of them."""
+
+    def __init__(self, path: pathlib.Path, stack: contextlib.ExitStack):
+        index = path / _INDEX_FILE
+        if index.exists():
+            self.weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        elif (path / _SINGLE_FILE).exists():
+            self.weight_map = {}
+        else:
+            raise FileNotFoundError(f"{path} has neither {_SINGLE_FILE} nor {_INDEX_FILE}")
+        self.files = sorted(set(self.weight_map.values())) or [_SINGLE_FILE]
+        self._handles = {
+            name: stack.enter_context(safetensors.safe_open(path / name, framework="numpy"))
+            for name in self.files
+        }
+        if not self.weight_map:
+            self.weight_map = dict.fromkeys(self._handles[_SINGLE_FILE].keys(), _SINGLE_FILE)
+
+    def _slice(self, name: str) -> Any:
+        if name not in self.weight_map:
+            raise ValueError(
+                f"tensor {name!r} not found in the checkpoint (searched "
+                f"{self.files}); is it a Llama checkpoint with this config.json?"
+            )
+        return self._handles[self.weight_map[name]].get_slice(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._slice(name).get_shape())
+
+    def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        return self._slice(name)[index]
+
+
+def _normalise(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    return tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, shape))
+
+
+def _load_param(
+    reader: _Reader,
+    m: _Mapping,
+    shape: tuple[int, ...],
+    dtype: Any,
+    sharding: jax.sharding.Sharding,
+) -> jax.Array:
+    blocks: dict[tuple, np.ndarray] = {}  # replicated shards are read once, not per device
+
+    def block(index: tuple[slice, ...]) -> np.ndarray:
+        index = _normalise(index, shape)
+        key = tuple((s.start, s.stop) for s in index)
+        if key not in blocks:
+            if m.stacked:
+                out = np.empty([s.stop - s.start for s in index], dtype)
+                for j, layer in enumerate(range(index[0].start, index[0].stop)):
+                    out[j] = m.read(reader, index[1:], layer)
+            else:
+                out = m.read(reader, index).astype(dtype)
+            blocks[key] = out
+        return blocks[key]
+
+    return jax.make_array_from_callback(shape, sharding, block)
+
+
+def _lookup(tree: Any, keys: tuple[str, ...], what: str) -> Any:
+    for key in keys:
+        if not isinstance(tree, dict) or key not in tree:
+            raise ValueError(
+                f"{what} has no entry {'/'.join(keys)}; it must match the params "
+                "tree, e.g. logical_shardings(param_logical_axes(config), mesh)"
+            )
+        tree = tree[key]
+    return tree
+
+
+def load_hf_llama(
+    path: PathLike, dtype: str | None = None, shardings: Any = None
+) -> tuple[ModelConfig, dict[str, Any]]:
+    """Read a HF Llama directory (config.json + safetensors) as (ModelConfig, params).
+
+    `dtype` is the stored dtype of the params ("float32" when None, which is exact for
+    bf16/f16 files); it becomes the config's `param_dtype`. `shardings` is a pytree of
+    `Sharding`s matching the params (or one `Sharding` for all): each device reads only its
+    own shard from the files. Without it, params land on the default device.
+    """
+    path = pathlib.Path(path)
+    config = config_from_hf(json.loads((path / "config.json").read_text()))
+    config = config.replace(param_dtype=dtype or "float32")
+    np_dtype = np.dtype(config.weight_dtype)
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    params: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        reader = _Reader(path, stack)
+        mappings = _mappings(config)
+        for m in mappings.values():  # validate everything before reading anything
+            for name in _hf_names(m, config.num_layers):
+                if (found := reader.shape(name)) != m.hf_shape:
+                    raise ValueError(
+                        f"tensor {name!r} has shape {found}, expected {m.hf_shape} from config.json"
+                    )
+        for keys, m in mappings.items():
+            if shardings is None:
+                sharding = default
+            elif isinstance(shardings, jax.sharding.Sharding):
+                sharding = shardings
+            else:
+                sharding = _lookup(shardings, keys, "shardings")
+            leaf = _load_param(reader, m, m.shape(config.num_layers), np_dtype, sharding)
+            node = params
+            for key in keys[:-1]:
+                node = node.setdefault(key, {})
+            node[keys[-1]] = leaf
+    return config, params
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+@contextlib.contextmanager
+def _atomic_dir(path: PathLike, overwrite: bool = False) -> Iterator[pathlib.Path]:
+    """Yield a fresh temporary sibling of `path`; on success it replaces `path`."""
+    path = pathlib.Path(path).absolute()
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())) and not overwrite:
+        raise FileExistsError(
+            f"{path} exists and is not empty; choose a new destination or pass overwrite=True"
+        )
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            path.rename(old)
+        tmp.rename(path)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _host_layer(leaf: Any, layer: int | None) -> np.ndarray:
+    x = leaf if layer is None else leaf[layer]
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
+
+
+def save_hf_llama(
+    config: ModelConfig,
+    params: dict[str, Any],
+    path: PathLike,
+    dtype: str = "float32",
+    max_shard_bytes: int = 5 * 2**30,
+    overwrite: bool = False,
+) -> None:
+    """Write `params` as a HF `LlamaForCausalLM` directory (config.json + safetensors).
+
+    Files larger than `max_shard_bytes` in total are split into shards with an index.
+    Scalar heads (value, reward) have no HF counterpart and are not written.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r}; choose one of {sorted(_DTYPES)}")
+    np_dtype = np.dtype(_DTYPES[dtype])
+    # (hf name, mapping, leaf, layer) in file order, each written one at a time.
+    entries: list[tuple[str, _Mapping, Any, int | None]] = []
+    for keys, m in _mappings(config).items():
+        leaf = _lookup(params, keys, "params")
+        if tuple(leaf.shape) != (want := m.shape(config.num_layers)):
+            raise ValueError(
+                f"param {'/'.join(keys)} has shape {tuple(leaf.shape)}, expected "
+                f"{want} from the ModelConfig"
+            )
+        layers = range(config.num_layers) if m.stacked else [None]
+        entries += [(m.hf_name.format(i=i), m, leaf, i) for i in layers]
+    shards: list[list[int]] = [[]]
+    size = 0
+    for j, (_, m, _, _) in enumerate(entries):
+        nbytes = math.prod(m.hf_shape) * np_dtype.itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(j)
+        size += nbytes
+    total = sum(math.prod(m.hf_shape) * np_dtype.itemsize for _, m, _, _ in entries)
+
+    with _atomic_dir(path, overwrite) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config_to_hf(config, dtype), indent=2))
+        weight_map = {}
+        for s, members in enumerate(shards):
+            file = (
+                _SINGLE_FILE
+                if len(shards) == 1
+                else f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors"
+            )
+            tensors = {}
+            for j in members:
+                name, m, leaf, layer = entries[j]
+                tensors[name] = m.to_hf(_host_layer(leaf, layer)).astype(np_dtype)
+                weight_map[name] = file
+            safetensors.numpy.save_file(tensors, tmp / file, metadata={"format": "pt"})
+            del tensors
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / _INDEX_FILE).write_text(json.dumps(index, indent=2))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def import_hf_to_checkpoint(src: PathLike, dst: PathLike, dtype: str | None = None) -> None:
+    """`jaxrl-reason import-hf SRC DST`: HF Llama dir -> orbax `DST/params` + model_config.json."""
+    import orbax.checkpoint as ocp
+
+    dst = pathlib.Path(dst).absolute()
+    if dst.exists():
+        raise FileExistsError(f"{dst} exists; choose a new destination for the checkpoint")
+    config, params = load_hf_llama(src, dtype)
+    with _atomic_dir(dst) as tmp, ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp / "params", params)
+        checkpointer.wait_until_finished()
+        (tmp / "model_config.json").write_text(model_config_to_json(config))
+
+
+def export_checkpoint_to_hf(
+    src: PathLike, dst: PathLike, dtype: str = "float32", max_shard_bytes: int = 5 * 2**30
+) -> None:
+    """`jaxrl-reason export-hf SRC DST`: the reverse of `import_hf_to_checkpoint`."""
+    import orbax.checkpoint as ocp
+
+    src = pathlib.Path(src).absolute()
+    config = model_config_from_json((src / "model_config.json").read_text())
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        jax.eval_shape(lambda: init_params(config, jax.random.key(0))),
+    )
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(src / "params", abstract)
+    save_hf_llama(config, params, dst, dtype, max_shard_bytes)
+
+
+__all__: list[str] = [
+    "config_from_hf",
+    "config_to_hf",
+    "export_checkpoint_to_hf",
+    "import_hf_to_checkpoint",
+    "load_hf_llama",
+    "model_config_from_json",
+    "model_config_to_json",
+    "save_hf_llama",
+]
