@@ -178,43 +178,27 @@ class _Mapping:
 
 def _mappings(c: ModelConfig) -> dict[tuple[str, ...], _Mapping]:
     d, n, k, h, f, v = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim, c.vocab_size
-    layer = "model.layers.{i}."
+    a, m = ("layers", "attn"), ("layers", "mlp")
+
+    def layer(name: str, groups: tuple[tuple[int, ...], ...], perm: tuple[int, ...]) -> _Mapping:
+        return _Mapping(f"model.layers.{{i}}.{name}.weight", groups, perm, stacked=True)
+
     maps = {
         ("embedding",): _Mapping("model.embed_tokens.weight", ((v,), (d,)), (0, 1), False),
         ("final_norm", "scale"): _Mapping("model.norm.weight", ((d,),), (0,), False),
-        ("layers", "attn", "q"): _Mapping(
-            layer + "self_attn.q_proj.weight", ((n, h), (d,)), (2, 0, 1), True
-        ),
-        ("layers", "attn", "k"): _Mapping(
-            layer + "self_attn.k_proj.weight", ((k, h), (d,)), (2, 0, 1), True
-        ),
-        ("layers", "attn", "v"): _Mapping(
-            layer + "self_attn.v_proj.weight", ((k, h), (d,)), (2, 0, 1), True
-        ),
-        ("layers", "attn", "o"): _Mapping(
-            layer + "self_attn.o_proj.weight", ((d,), (n, h)), (1, 2, 0), True
-        ),
-        ("layers", "attn_norm", "scale"): _Mapping(
-            layer + "input_layernorm.weight", ((d,),), (0,), True
-        ),
-        ("layers", "mlp_norm", "scale"): _Mapping(
-            layer + "post_attention_layernorm.weight", ((d,),), (0,), True
-        ),
-        ("layers", "mlp", "gate"): _Mapping(
-            layer + "mlp.gate_proj.weight", ((f,), (d,)), (1, 0), True
-        ),
-        ("layers", "mlp", "up"): _Mapping(layer + "mlp.up_proj.weight", ((f,), (d,)), (1, 0), True),
-        ("layers", "mlp", "down"): _Mapping(
-            layer + "mlp.down_proj.weight", ((d,), (f,)), (1, 0), True
-        ),
+        (*a, "q"): layer("self_attn.q_proj", ((n, h), (d,)), (2, 0, 1)),  # [N*H, D] -> [D, N, H]
+        (*a, "k"): layer("self_attn.k_proj", ((k, h), (d,)), (2, 0, 1)),
+        (*a, "v"): layer("self_attn.v_proj", ((k, h), (d,)), (2, 0, 1)),
+        (*a, "o"): layer("self_attn.o_proj", ((d,), (n, h)), (1, 2, 0)),  # [D, N*H] -> [N, H, D]
+        ("layers", "attn_norm", "scale"): layer("input_layernorm", ((d,),), (0,)),
+        ("layers", "mlp_norm", "scale"): layer("post_attention_layernorm", ((d,),), (0,)),
+        (*m, "gate"): layer("mlp.gate_proj", ((f,), (d,)), (1, 0)),  # [F, D] -> [D, F]
+        (*m, "up"): layer("mlp.up_proj", ((f,), (d,)), (1, 0)),
+        (*m, "down"): layer("mlp.down_proj", ((d,), (f,)), (1, 0)),  # [D, F] -> [F, D]
     }
     if not c.tie_embeddings:
         maps[("lm_head",)] = _Mapping("lm_head.weight", ((v,), (d,)), (1, 0), False)
     return maps
-
-
-def _hf_names(m: _Mapping, num_layers: int) -> list[str]:
-    return [m.hf_name.format(i=i) for i in range(num_layers)] if m.stacked else [m.hf_name]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -288,8 +272,8 @@ def _lookup(tree: Any, keys: tuple[str, ...], what: str) -> Any:
     for key in keys:
         if not isinstance(tree, dict) or key not in tree:
             raise ValueError(
-                f"{what} has no entry {'/'.join(keys)}; it must match the params "
-                "tree, e.g. logical_shardings(param_logical_axes(config), mesh)"
+                f"{what} has no entry {'/'.join(keys)}; it must have the tree "
+                "of init_params(config)"
             )
         tree = tree[key]
     return tree
@@ -315,7 +299,8 @@ def load_hf_llama(
         reader = _Reader(path, stack)
         mappings = _mappings(config)
         for m in mappings.values():  # validate everything before reading anything
-            for name in _hf_names(m, config.num_layers):
+            for i in range(config.num_layers if m.stacked else 1):
+                name = m.hf_name.format(i=i)
                 if (found := reader.shape(name)) != m.hf_shape:
                     raise ValueError(
                         f"tensor {name!r} has shape {found}, expected {m.hf_shape} from config.json"
@@ -350,16 +335,17 @@ def _atomic_dir(path: PathLike, overwrite: bool = False) -> Iterator[pathlib.Pat
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            path.rename(old)
-        tmp.rename(path)
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    if old.is_dir():
+        shutil.rmtree(old)
+    elif old.exists():
+        old.unlink()
 
 
 def _host_layer(leaf: Any, layer: int | None) -> np.ndarray:
@@ -461,15 +447,3 @@ def export_checkpoint_to_hf(
     with ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(src / "params", abstract)
     save_hf_llama(config, params, dst, dtype, max_shard_bytes)
-
-
-__all__: list[str] = [
-    "config_from_hf",
-    "config_to_hf",
-    "export_checkpoint_to_hf",
-    "import_hf_to_checkpoint",
-    "load_hf_llama",
-    "model_config_from_json",
-    "model_config_to_json",
-    "save_hf_llama",
-]
