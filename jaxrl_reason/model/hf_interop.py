@@ -431,19 +431,36 @@ def import_hf_to_checkpoint(src: PathLike, dst: PathLike, dtype: str | None = No
         (tmp / "model_config.json").write_text(model_config_to_json(config))
 
 
+def load_checkpoint(src: PathLike, shardings: Any = None) -> tuple[ModelConfig, dict[str, Any]]:
+    """(config, params) of an `import_hf_to_checkpoint` directory, onto `shardings`.
+
+    `shardings` is a pytree of `Sharding`s matching the params (default: one device).
+    """
+    import orbax.checkpoint as ocp
+
+    src = pathlib.Path(src).absolute()
+    if not (src / "model_config.json").is_file():
+        raise FileNotFoundError(
+            f"{src / 'model_config.json'} not found: {src} is not a "
+            "checkpoint written by `jaxrl-reason import-hf`"
+        )
+    config = model_config_from_json((src / "model_config.json").read_text())
+    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    if shardings is None:
+        shardings = jax.tree.map(
+            lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), shapes
+        )
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+    )
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(src / "params", abstract)
+    return config, params
+
+
 def export_checkpoint_to_hf(
     src: PathLike, dst: PathLike, dtype: str = "float32", max_shard_bytes: int = 5 * 2**30
 ) -> None:
     """`jaxrl-reason export-hf SRC DST`: the reverse of `import_hf_to_checkpoint`."""
-    import orbax.checkpoint as ocp
-
-    src = pathlib.Path(src).absolute()
-    config = model_config_from_json((src / "model_config.json").read_text())
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        jax.eval_shape(lambda: init_params(config, jax.random.key(0))),
-    )
-    with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore(src / "params", abstract)
+    config, params = load_checkpoint(src)
     save_hf_llama(config, params, dst, dtype, max_shard_bytes)
