@@ -1,0 +1,169 @@
+"""Orbax checkpoints of a train state plus a JSON dict of algorithm state.
+
+Each checkpoint holds two items: `state` (any pytree of arrays, usually a `TrainState`) and
+`meta` (JSON: data position, EI round, RNG key as ints, phase name ...). Orbax writes a
+step into a temporary directory and renames it when complete, so a process killed while
+saving leaves no half-written step behind. A step that is damaged later (a lost file, a
+truncated write on a flaky file system) is skipped with a warning and the previous one is
+restored; we never silently start over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+log = logging.getLogger(__name__)
+_MAX_REASON = 400  # characters of an orbax/tensorstore error kept in messages
+
+
+class CheckpointRestoreError(RuntimeError):
+    """No checkpoint in the directory could be restored."""
+
+
+def _abstract(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) of a concrete or abstract pytree."""
+
+    def leaf(x: Any) -> Any:
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return x
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+    return jax.tree.map(leaf, tree)
+
+
+class Checkpointer:
+    """Keeps the newest `keep` checkpoints of a run in `workdir`.
+
+    `save(step, ...)` writes only steps that are multiples of `save_every`, unless
+    `force=True`. With
+    `async_save` the arrays are copied to host memory and written in the background; call
+    `wait()` before relying on a save, and `close()` at the end.
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        keep: int = 3,
+        save_every: int = 1,
+        async_save: bool = True,
+    ) -> None:
+        if keep < 1:
+            raise ValueError(f"Checkpointer keep={keep}: keep at least 1 checkpoint")
+        if save_every < 1:
+            raise ValueError(f"Checkpointer save_every={save_every}: must be >= 1")
+        self.directory = os.path.abspath(os.fspath(workdir))
+        self.save_every = save_every
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta")
+        )
+
+    def save(
+        self, step: int, state: Any, meta: dict[str, Any] | None = None, force: bool = False
+    ) -> bool:
+        """Save `state` and `meta` as `step` when `force` or `step % save_every == 0`.
+
+        Returns whether a save was started (False as well when `step` is already saved).
+        """
+        if not (force or step % self.save_every == 0) or step in self._manager.all_steps():
+            return False
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta or {}))
+        )
+        saved = self._manager.save(int(step), args=args, force=True)
+        if saved:
+            log.info("saving checkpoint at step %d in %s", step, self.directory)
+        return saved
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """(state, meta) of `step` (default: the newest that restores) onto `target`'s layout.
+
+        `target` is a concrete or abstract (`jax.ShapeDtypeStruct`) state; its shapes,
+        dtypes and shardings are used. When `step` is None and the newest checkpoint is
+        damaged, a WARNING names it and older ones are tried in turn.
+        """
+        self.wait()
+        steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint to restore in {self.directory}")
+        abstract = _abstract(target)
+        errors = []
+        for s in steps:
+            try:
+                args = ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                )
+                restored = self._manager.restore(s, args=args)
+            except Exception as e:  # noqa: BLE001 - any failure means "damaged"
+                reason = f"{type(e).__name__}: {str(e)[:_MAX_REASON]}"
+                errors.append(f"step {s}: {reason}")
+                log.warning(
+                    "checkpoint at step %d in %s failed to restore (%s); "
+                    "falling back to the previous checkpoint",
+                    s,
+                    self.directory,
+                    reason,
+                )
+                continue
+            if errors:
+                self._quarantine([d for d in steps if d > s])
+                log.warning(
+                    "restored checkpoint step %d in %s after skipping %d damaged one(s)",
+                    s,
+                    self.directory,
+                    len(errors),
+                )
+            return restored.state, dict(restored.meta or {})
+        raise CheckpointRestoreError(
+            f"no checkpoint in {self.directory} could be restored (tried steps {steps}); "
+            "delete or repair the directory, or point the run at a fresh workdir:\n"
+            + "\n".join(errors)
+        )
+
+    def _quarantine(self, steps: list[int]) -> None:
+        """Move damaged steps aside (kept for inspection) so the run can save them anew."""
+        if jax.process_index() == 0:
+            for step in steps:
+                src = os.path.join(self.directory, str(step))
+                if os.path.isdir(src):
+                    dst = os.path.join(self.directory, f"damaged_step_{step}")
+                    n = 0
+                    while os.path.exists(dst):
+                        n += 1
+                        dst = os.path.join(self.directory, f"damaged_step_{step}.{n}")
+                    os.rename(src, dst)
+                    log.warning("moved damaged checkpoint %s to %s", src, dst)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("jaxrl_reason_checkpoint_quarantine")
+        self._manager.reload()
+
+    def wait(self) -> None:
+        """Block until any background save has finished."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,131 @@
+"""Checkpoints: exact round trip, pruning, fallback from a damaged newest step, errors."""
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrl_reason.parallel import make_mesh
+from jaxrl_reason.training import (
+    Checkpointer,
+    CheckpointRestoreError,
+    OptimizerConfig,
+    TrainState,
+    init_train_state,
+    make_optimizer,
+)
+
+TX = make_optimizer(OptimizerConfig(accumulation_steps=2, weight_decay=0.1))
+
+
+def _state(seed: int) -> TrainState:
+    rng = np.random.default_rng(seed)
+    params = {
+        "dense": {"kernel": jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)},
+        "norm": {"scale": jnp.asarray(rng.normal(size=(8,)), jnp.bfloat16)},
+    }
+    state = TrainState.create(params, TX)
+    # Non-trivial optimizer state: a few updates with random gradients.
+    for _ in range(3):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+        _, opt = TX.update(grads, state.opt_state, state.params)
+        state = state.replace(opt_state=opt, step=state.step + 1)
+    return state
+
+
+def _assert_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _damage(step_dir: str) -> None:
+    """Delete the array data files of a saved state (a lost or truncated write)."""
+    removed = 0
+    for root, _, files in os.walk(os.path.join(step_dir, "state")):
+        for name in files:
+            if root.endswith(os.sep + "d"):
+                os.remove(os.path.join(root, name))
+                removed += 1
+    assert removed
+
+
+def test_round_trip_is_exact_and_keeps_meta(tmp_path):
+    state = _state(0)
+    meta = {"data": {"position": 17}, "rng": [1, 2], "phase": "ei_round_2"}
+    with Checkpointer(tmp_path, async_save=True) as ckpt:
+        assert ckpt.latest_step() is None
+        assert ckpt.save(5, state, meta)
+        ckpt.wait()
+        assert ckpt.latest_step() == 5
+        restored, restored_meta = ckpt.restore(_state(1))  # a different concrete target
+        abstract = jax.eval_shape(lambda: state)
+        from_abstract, _ = ckpt.restore(abstract)
+    _assert_equal(restored, state)
+    _assert_equal(from_abstract, state)
+    assert restored_meta == meta
+
+
+def test_keep_prunes_old_steps_and_save_every_skips(tmp_path):
+    state = _state(0)
+    with Checkpointer(tmp_path, keep=2, save_every=2, async_save=False) as ckpt:
+        saved = [ckpt.save(s, state, {"s": s}) for s in range(1, 8)]
+        assert ckpt.save(9, state, {"s": 9}, force=True)
+        assert ckpt.all_steps() == [6, 9]
+    assert saved == [False, True, False, True, False, True, False]
+    assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [6, 9]
+
+
+def test_damaged_newest_falls_back_with_a_warning(tmp_path, caplog):
+    old, new = _state(0), _state(1)
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, old, {"s": 1})
+        ckpt.save(2, new, {"s": 2})
+    _damage(os.path.join(tmp_path, "2"))
+    with Checkpointer(tmp_path) as ckpt, caplog.at_level(logging.WARNING):
+        restored, meta = ckpt.restore(new)
+        assert meta == {"s": 1}
+        _assert_equal(restored, old)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("step 2" in w and "failed to restore" in w for w in warnings), warnings
+        # The damaged step is moved aside, so the resumed run can save step 2 again.
+        assert ckpt.all_steps() == [1]
+        assert ckpt.save(2, new, {"s": 2}, force=True)
+        ckpt.wait()
+        _assert_equal(ckpt.restore(old)[0], new)
+    assert os.path.isdir(os.path.join(tmp_path, "damaged_step_2"))
+
+
+def test_no_restorable_checkpoint_raises(tmp_path):
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(FileNotFoundError, match="no checkpoint"):
+            ckpt.restore(_state(0))
+        ckpt.save(3, _state(0), {})
+    _damage(os.path.join(tmp_path, "3"))
+    with Checkpointer(tmp_path) as ckpt, pytest.raises(CheckpointRestoreError, match="step"):
+        ckpt.restore(_state(0))
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_restore_lands_on_the_target_shardings(tmp_path):
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = make_mesh(data=2, fsdp=2, tensor=2, devices=jax.devices()[:8])
+    params = {"w": jnp.arange(32.0).reshape(4, 8)}
+    shardings = {"w": NamedSharding(mesh, P("fsdp", "tensor"))}
+    state = init_train_state(params, TX, mesh, shardings)
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, {})
+        ckpt.wait()
+        target = init_train_state({"w": jnp.zeros((4, 8))}, TX, mesh, shardings)
+        restored, _ = ckpt.restore(target)
+    assert restored.params["w"].sharding.spec == P("fsdp", "tensor")
+    mirrors = [x for x in jax.tree.leaves(restored.opt_state) if x.shape == (4, 8)]
+    assert len(mirrors) == 3  # Adam's mu and nu, and the accumulated gradient
+    assert all(x.sharding.spec == P("fsdp", "tensor") for x in mirrors)
+    _assert_equal(restored, state)
