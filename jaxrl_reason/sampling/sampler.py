@@ -1,0 +1,382 @@
+"""The KV-cache sampler: prefill each prompt once, decode K samples per prompt in a jitted loop.
+
+Two jitted programs per bucket of shapes:
+  prefill(params, prompt [Bp, P]) -> the prompt's KV cache [L, Bp, K, P, H] and last logits
+  decode(params, prompt cache, ...) -> K samples per prompt
+Prefill is the model's own cached forward pass. Decode copies each prompt's cache to its K
+rows (row r = prompt r // K, sample r % K), so the prompt is never recomputed per sample,
+then runs a `lax.while_loop` that stops as soon as every row has hit EOS or the length
+limit. Each step is the model's own one-token cached forward pass, which writes the new
+key and value into the loop's cache in place. Shapes are bucketed
+(prompt length, generation length, number of prompts) so a long run compiles a few
+programs; each compilation is logged at INFO and counted in `Sampler.compilations`.
+
+Row counts are rounded up to a multiple of the mesh's batch shards; extra rows are dummies
+that start finished. Each row draws its randomness from `fold_in(fold_in(rng, row), step)`,
+so the samples for a fixed key do not depend on the sharding or the padding.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import functools
+import logging
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, PartitionSpec
+
+from jaxrl_reason.model.config import ModelConfig
+from jaxrl_reason.model.transformer import (
+    Cache,
+    Transformer,
+    default_positions,
+    init_cache,
+    param_logical_axes,
+)
+from jaxrl_reason.parallel.rules import (
+    Rules,
+    activation_sharding,
+    axis_rules,
+    batch_sharding,
+    logical_shardings,
+    replicated,
+)
+from jaxrl_reason.sampling.config import SamplingConfig, bucket_size
+from jaxrl_reason.sampling.prompts import Prompts, left_pad, validate_prompts
+from jaxrl_reason.sampling.strategies import Strategy, sample_step
+
+log = logging.getLogger(__name__)
+CACHE_AXES = ("layers", "batch", "kv_heads", "length", "head_dim")
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOutput:
+    """K samples for each of B prompts, as numpy arrays on the host.
+
+    `tokens` hold `pad_id` after a sample ends; `lengths` count generated tokens including
+    the EOS; `logprobs` are under the sampling distribution (temperature and truncation
+    applied; for greedy, the policy log-prob of the argmax) and `policy_logprobs` under the
+    raw policy (temperature 1, no truncation); both are 0 at padding. `decode_steps` is
+    how many tokens the loop generated per row before every row was done.
+    """
+
+    tokens: np.ndarray  # [B, K, T] int32
+    lengths: np.ndarray  # [B, K] int32
+    stopped_by_eos: np.ndarray  # [B, K] bool (False: stopped by max_new_tokens)
+    logprobs: np.ndarray  # [B, K, T] float32
+    policy_logprobs: np.ndarray  # [B, K, T] float32
+    decode_steps: int
+
+
+@flax.struct.dataclass
+class DecodeState:
+    """Everything the decode loop carries. Row r is prompt r // K, sample r % K."""
+
+    step: jax.Array  # [] int32: tokens generated so far (column of the next token)
+    cache: Cache  # k, v [L, R, K, S, H]; mask [R, S]; index []
+    positions: jax.Array  # [R] int32: RoPE position of the newest token
+    row_keys: jax.Array  # [R] PRNG keys, one per row
+    tokens: jax.Array  # [R, Tb] int32
+    logprobs: jax.Array  # [R, Tb] float32
+    policy_logprobs: jax.Array  # [R, Tb] float32
+    lengths: jax.Array  # [R] int32
+    done: jax.Array  # [R] bool
+    stopped_by_eos: jax.Array  # [R] bool
+
+
+class Sampler:
+    """Samples from a `Transformer` with `params` passed per call (never closed over).
+
+    `mesh`: shard rows over the rules' `batch` axes and heads over `tensor` (the KV cache
+    alike); `None` runs on the default device. `heads` must match the params' heads (only
+    their shardings depend on it; the heads are not evaluated).
+    """
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        pad_id: int,
+        mesh: Mesh | None = None,
+        rules: Rules | None = None,
+        heads: tuple[str, ...] = (),
+    ) -> None:
+        if not 0 <= pad_id < model_config.vocab_size:
+            raise ValueError(
+                f"pad_id={pad_id} is outside the vocabulary [0, "
+                f"{model_config.vocab_size}); pass the tokenizer's pad id"
+            )
+        self.config = model_config
+        self.pad_id = int(pad_id)
+        self.mesh = mesh
+        self.rules = rules or axis_rules()
+        self.heads = tuple(heads)
+        self.model = Transformer(model_config, heads=())
+        self.compilations: collections.Counter[str] = collections.Counter()
+        self._jitted: dict[tuple, Any] = {}
+        self._row_multiple = 1
+        if mesh is not None:
+            spec = batch_sharding(mesh, 1, self.rules).spec[0]
+            axes = spec if isinstance(spec, tuple) else (spec,) if spec else ()
+            self._row_multiple = math.prod(mesh.shape[a] for a in axes)
+            self._param_shardings = logical_shardings(
+                param_logical_axes(model_config, self.heads), mesh, self.rules
+            )
+
+    @property
+    def num_compilations(self) -> int:
+        """Programs traced so far (prefill and decode), one per bucket of shapes."""
+        return sum(self.compilations.values())
+
+    # ---------------------------------------------------------------- host side
+
+    def sample(
+        self, params: Any, prompts: Prompts, cfg: SamplingConfig, rng: jax.Array
+    ) -> SampleOutput:
+        """K = `cfg.num_samples` samples for each prompt (see `SampleOutput`).
+
+        `prompts`: a list of token-id lists (ragged), or a pair (ids [B, P], mask [B, P])
+        left-padded. `rng`: a JAX key; the same key gives the same samples on any mesh.
+        """
+        ids, mask = validate_prompts(prompts, self.config.vocab_size)
+        for e in cfg.eos_ids:
+            if not 0 <= e < self.config.vocab_size:
+                raise ValueError(
+                    f"eos id {e} is outside the vocabulary [0, {self.config.vocab_size})"
+                )
+        b = ids.shape[0]
+        longest = int(mask.sum(axis=1).max())
+        if longest + cfg.max_new_tokens > self.config.max_seq_len:
+            raise ValueError(
+                f"prompt of {longest} tokens + max_new_tokens={cfg.max_new_tokens} exceeds "
+                f"the model's max_seq_len={self.config.max_seq_len}; shorten the prompt or "
+                "generate fewer tokens"
+            )
+        k = cfg.num_samples
+        prompts_bucket = bucket_size(b, cfg.batch_bucket)
+        rows_prefill = self._round_rows(prompts_bucket)
+        # Decode rows come from the bucketed prompt count, not the shard-padded one, so
+        # e.g. 1 prompt x K=96 on 4 batch shards decodes 96 rows, not 384.
+        rows = self._round_rows(prompts_bucket * k)
+        plen = bucket_size(ids.shape[1], cfg.prompt_bucket)
+        glen = bucket_size(cfg.max_new_tokens, cfg.generation_bucket)
+        ids, mask = left_pad(ids, mask, rows_prefill, plen, self.pad_id)
+        strategy = Strategy(cfg.greedy, cfg.top_k, cfg.top_p < 1.0)
+
+        prefill = self._program("prefill", rows_prefill, plen)
+        decode = self._program("decode", rows_prefill, plen, rows, glen, k, strategy, cfg.eos_ids)
+        with self._context():
+            if self.mesh is not None:
+                params = jax.device_put(params, self._param_shardings)
+            prompt_cache, last_logits = prefill(params, ids, mask)
+            out = decode(
+                params,
+                prompt_cache,
+                last_logits,
+                np.int32(b * k),
+                rng,
+                np.float32(cfg.temperature or 1.0),
+                np.float32(cfg.top_p),
+                np.int32(cfg.max_new_tokens),
+            )
+        out = jax.device_get(out)
+        t = cfg.max_new_tokens
+        shape = lambda x: x[: b * k].reshape(b, k, *x.shape[1:])
+        return SampleOutput(
+            tokens=shape(out["tokens"][:, :t]),
+            lengths=shape(out["lengths"]),
+            stopped_by_eos=shape(out["stopped_by_eos"]),
+            logprobs=shape(out["logprobs"][:, :t]),
+            policy_logprobs=shape(out["policy_logprobs"][:, :t]),
+            decode_steps=int(out["step"]),
+        )
+
+    def _round_rows(self, n: int) -> int:
+        return -(-n // self._row_multiple) * self._row_multiple
+
+    def _context(self) -> Any:
+        if self.mesh is None:
+            return contextlib.nullcontext()
+        return activation_sharding(self.mesh, self.rules)
+
+    def _program(self, kind: str, *static: Any) -> Any:
+        """The jitted prefill or decode for these static settings (built once, then reused)."""
+        key = (kind, *static)
+        if key not in self._jitted:
+            shard = {}
+            if self.mesh is not None:
+                rows = lambda ndim: batch_sharding(self.mesh, ndim, self.rules)
+                cache = self._prompt_cache_shardings()
+                if kind == "prefill":
+                    shard = dict(
+                        in_shardings=(self._param_shardings, rows(2), rows(2)),
+                        out_shardings=(cache, rows(2)),
+                    )
+                else:
+                    rep = replicated(self.mesh)
+                    shard = dict(
+                        in_shardings=(
+                            self._param_shardings,
+                            cache,
+                            rows(2),
+                            rep,
+                            rep,
+                            rep,
+                            rep,
+                            rep,
+                        ),
+                        out_shardings={
+                            "tokens": rows(2),
+                            "logprobs": rows(2),
+                            "policy_logprobs": rows(2),
+                            "lengths": rows(1),
+                            "stopped_by_eos": rows(1),
+                            "step": rep,
+                        },
+                    )
+            fn = self._prefill_fn if kind == "prefill" else self._decode_fn
+            self._jitted[key] = jax.jit(functools.partial(fn, *static), **shard)
+        return self._jitted[key]
+
+    def _sharding(self, *logical_axes: str) -> Any:
+        return nn.logical_to_mesh_sharding(PartitionSpec(*logical_axes), self.mesh, self.rules)
+
+    def _prompt_cache_shardings(self) -> Any:
+        kv = self._sharding(*CACHE_AXES)
+        return {"k": kv, "v": kv, "mask": self._sharding("batch", "length")}
+
+    def _constrain_cache(self, cache: Cache) -> Cache:
+        if self.mesh is None:
+            return cache
+        shardings = {**self._prompt_cache_shardings(), "index": replicated(self.mesh)}
+        return jax.lax.with_sharding_constraint(cache, shardings)
+
+    # ---------------------------------------------------------------- jitted side
+
+    def _prefill_fn(
+        self, rows: int, plen: int, params: Any, ids: jax.Array, mask: jax.Array
+    ) -> tuple[Cache, jax.Array]:
+        """The prompt's KV cache {k, v [L, Bp, K, P, H], mask [Bp, P]} and last logits [Bp, V]."""
+        self.compilations["prefill"] += 1
+        log.info("compiling sampler prefill: prompts=%d prompt_len=%d", rows, plen)
+        cache = init_cache(self.config, rows, plen)
+        out = self.model.apply(
+            {"params": params},
+            ids,
+            default_positions(mask),
+            mask,
+            cache=cache,
+            last_logits_only=True,
+        )
+        prompt_cache = {name: out.cache[name] for name in ("k", "v", "mask")}
+        return prompt_cache, out.logits[:, 0]
+
+    def _decode_fn(
+        self,
+        rows_prefill: int,
+        plen: int,
+        rows: int,
+        glen: int,
+        k: int,
+        strategy: Strategy,
+        eos_ids: tuple[int, ...],
+        params: Any,
+        prompt_cache: Cache,
+        last_logits: jax.Array,
+        num_live: jax.Array,
+        rng: jax.Array,
+        temperature: jax.Array,
+        top_p: jax.Array,
+        max_new_tokens: jax.Array,
+    ) -> dict[str, jax.Array]:
+        self.compilations["decode"] += 1
+        log.info(
+            "compiling sampler decode: prompts=%d samples=%d rows=%d prompt_len=%d "
+            "gen_len=%d strategy=%s eos=%s",
+            rows_prefill,
+            k,
+            rows,
+            plen,
+            glen,
+            strategy,
+            eos_ids,
+        )
+        row = jnp.arange(rows)
+        src = jnp.minimum(row // k, rows_prefill - 1)  # [R] the prompt each row continues
+        # Each row continues its prompt: copy the prompt's cache (computed once) to its K
+        # rows and add `glen` empty slots after the prompt's P.
+        kv = lambda x: jnp.pad(jnp.take(x, src, axis=1), ((0, 0),) * 3 + ((0, glen), (0, 0)))
+        cache = self._constrain_cache(
+            {
+                "k": kv(prompt_cache["k"]),  # [L, R, K, P + glen, H]
+                "v": kv(prompt_cache["v"]),
+                "mask": jnp.pad(jnp.take(prompt_cache["mask"], src, axis=0), ((0, 0), (0, glen))),
+                "index": jnp.asarray(plen, jnp.int32),
+            }
+        )
+        eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
+
+        def sample_and_write(state: DecodeState, logits: jax.Array) -> DecodeState:
+            i = state.step
+            keys = jax.vmap(jax.random.fold_in, (0, None))(state.row_keys, i)
+            s = sample_step(logits, keys, temperature, top_p, strategy)
+            live = ~state.done
+            tokens = jnp.where(live, s.tokens, self.pad_id)
+            hit_eos = live & jnp.isin(tokens, eos)
+            return state.replace(
+                step=i + 1,
+                tokens=state.tokens.at[:, i].set(tokens),
+                logprobs=state.logprobs.at[:, i].set(jnp.where(live, s.logprobs, 0.0)),
+                policy_logprobs=state.policy_logprobs.at[:, i].set(
+                    jnp.where(live, s.policy_logprobs, 0.0)
+                ),
+                lengths=state.lengths + live,
+                done=state.done | hit_eos | (i + 1 >= max_new_tokens),
+                stopped_by_eos=state.stopped_by_eos | hit_eos,
+            )
+
+        def cond(state: DecodeState) -> jax.Array:
+            return (state.step < max_new_tokens) & ~jnp.all(state.done)
+
+        def body(state: DecodeState) -> DecodeState:
+            last = jax.lax.dynamic_index_in_dim(
+                state.tokens, state.step - 1, axis=1, keepdims=False
+            )  # [R]
+            # Token i (i = step - 1) goes to cache slot plen + i, the cache's index.
+            out = self.model.apply(
+                {"params": params}, last[:, None], state.positions[:, None], cache=state.cache
+            )
+            cache = self._constrain_cache(out.cache)
+            state = state.replace(cache=cache, positions=state.positions + 1)
+            return sample_and_write(state, out.logits[:, 0])
+
+        state = DecodeState(
+            step=jnp.zeros((), jnp.int32),
+            cache=cache,
+            # The first new token sits right after the row's last real prompt token.
+            positions=jnp.sum(cache["mask"], axis=1, dtype=jnp.int32),
+            row_keys=jax.vmap(jax.random.fold_in, (None, 0))(rng, row),
+            tokens=jnp.full((rows, glen), self.pad_id, jnp.int32),
+            logprobs=jnp.zeros((rows, glen), jnp.float32),
+            policy_logprobs=jnp.zeros((rows, glen), jnp.float32),
+            lengths=jnp.zeros((rows,), jnp.int32),
+            done=row >= num_live,  # dummy rows are finished from the start
+            stopped_by_eos=jnp.zeros((rows,), jnp.bool_),
+        )
+        state = sample_and_write(state, jnp.take(last_logits, src, axis=0))
+        state = jax.lax.while_loop(cond, body, state)
+        return {
+            "tokens": state.tokens,
+            "logprobs": state.logprobs,
+            "policy_logprobs": state.policy_logprobs,
+            "lengths": state.lengths,
+            "stopped_by_eos": state.stopped_by_eos,
+            "step": state.step,
+        }

@@ -1,0 +1,36 @@
+import math
+
+import pytest
+
+from jaxrl_reason.sampling import SamplingConfig, bucket_size
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 31, 32, 33, 100])
+def test_bucket_size_matches_formula(n):
+    assert bucket_size(n, 32) == 32 * math.ceil(n / 32)
+    assert bucket_size(n, 0) == 2 ** math.ceil(math.log2(n))
+    assert bucket_size(n, 1) == n
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("num_samples", 0, "num_samples"),
+        ("top_p", 0.0, "top_p"),
+        ("top_p", 1.5, "top_p"),
+        ("temperature", -0.1, "temperature"),
+        ("max_new_tokens", 0, "max_new_tokens"),
+        ("top_k", -1, "top_k"),
+        ("prompt_bucket", -2, "prompt_bucket"),
+    ],
+)
+def test_bad_config_names_the_field(field, value, words):
+    with pytest.raises(ValueError, match=words):
+        SamplingConfig(**{field: value})
+
+
+def test_eos_ids_become_a_hashable_tuple():
+    cfg = SamplingConfig(eos_ids=[3, 4])
+    assert cfg.eos_ids == (3, 4)
+    hash(cfg)
+    assert SamplingConfig(temperature=0.0).greedy and not SamplingConfig().greedy
