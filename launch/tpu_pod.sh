@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Train on a Cloud TPU VM pod slice: create it (if needed), ship this checkout to every
+# host, install it with TPU JAX, and run the same command on all hosts at once
+# (`--worker=all`). JAX joins the hosts into one job by itself (jax.distributed).
+#
+#   launch/tpu_pod.sh CONFIG gs://BUCKET/RUN [more jaxrl-reason args, e.g. --gin_param ...]
+#   e.g. launch/tpu_pod.sh configs/experiments/ei_gsm8k_7b.gin gs://my-bucket/ei-7b
+#
+# Settings (environment): TPU_NAME, ZONE, ACCELERATOR (v4-32, v5litepod-256, ...),
+# RUNTIME (the TPU VM image), PROJECT (default: gcloud's). Re-running the same command
+# resumes from the last checkpoint in the workdir, e.g. after a preemption.
+set -euo pipefail
+
+CONFIG=${1:?usage: $0 CONFIG gs://BUCKET/RUN [jaxrl-reason args]}
+WORKDIR=${2:?usage: $0 CONFIG gs://BUCKET/RUN [jaxrl-reason args]}
+shift 2
+TPU_NAME=${TPU_NAME:-jaxrl-reason}
+ZONE=${ZONE:-us-central2-b}
+ACCELERATOR=${ACCELERATOR:-v4-32}
+RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
+TPU=(gcloud compute tpus tpu-vm)
+FLAGS=(--zone "$ZONE" ${PROJECT:+--project "$PROJECT"})
+
+# Every host reads and writes the same workdir, so it must be shared storage.
+[[ $WORKDIR == gs://* ]] || { echo "workdir must be a gs:// path, got $WORKDIR" >&2; exit 1; }
+
+# 1. The pod slice.
+if ! "${TPU[@]}" describe "$TPU_NAME" "${FLAGS[@]}" >/dev/null 2>&1; then
+  "${TPU[@]}" create "$TPU_NAME" "${FLAGS[@]}" --accelerator-type "$ACCELERATOR" \
+    --version "$RUNTIME"
+fi
+
+# 2. This checkout (tracked files, uncommitted edits included) on every host.
+cd "$(dirname "$0")/.."
+ARCHIVE=$(mktemp --suffix .tar.gz)
+git ls-files -z | tar --null -czf "$ARCHIVE" -T -
+"${TPU[@]}" scp "$ARCHIVE" "$TPU_NAME":jaxrl_reason.tar.gz "${FLAGS[@]}" --worker=all
+rm -f "$ARCHIVE"
+
+# 3. Install and run on all hosts; quotes keep the arguments intact through ssh.
+ARGS=$(printf '%q ' "$CONFIG" --workdir "$WORKDIR" "$@")
+"${TPU[@]}" ssh "$TPU_NAME" "${FLAGS[@]}" --worker=all --command "
+  set -e
+  mkdir -p ~/jaxrl_reason && tar -xzf ~/jaxrl_reason.tar.gz -C ~/jaxrl_reason
+  cd ~/jaxrl_reason
+  [ -d .venv ] || python3 -m venv .venv
+  .venv/bin/pip install -q -e '.[tpu]'
+  .venv/bin/jaxrl-reason train $ARGS 2>&1 | tee -a ~/train.log
+"
