@@ -1,0 +1,156 @@
+"""The `jaxrl-reason` command: subcommands that parse arguments and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def _train(args: argparse.Namespace) -> None:
+    from jaxrl_reason.experiment import run_from_config
+
+    run_from_config(args.config, args.gin_param, args.workdir)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from jaxrl_reason.experiment import evaluate_workdir
+
+    evaluate_workdir(
+        args.workdir,
+        task=args.task,
+        k=args.k,
+        step=args.step,
+        data_dir=args.data_dir,
+        num_questions=args.num_questions,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        orm_workdir=args.orm_workdir,
+    )
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from jaxrl_reason.demo import run_demo
+
+    run_demo(
+        args.workdir,
+        algorithms=tuple(a for a in args.algorithms.split(",") if a),
+        scale=args.scale,
+        seed=args.seed,
+    )
+
+
+def _import_hf(args: argparse.Namespace) -> None:
+    from jaxrl_reason.model.hf_interop import import_hf_to_checkpoint
+
+    import_hf_to_checkpoint(args.src, args.dst)
+    print(f"imported {args.src} -> {args.dst}")
+
+
+def _export_hf(args: argparse.Namespace) -> None:
+    from jaxrl_reason.model.hf_interop import export_checkpoint_to_hf
+
+    export_checkpoint_to_hf(args.src, args.dst)
+    print(f"exported {args.src} -> {args.dst}")
+
+
+def _train_tokenizer(args: argparse.Namespace) -> None:
+    from jaxrl_reason.data.tokenizer import train_tokenizer_for_task
+
+    tok = train_tokenizer_for_task(
+        args.task,
+        args.out,
+        vocab_size=args.vocab_size,
+        num_examples=args.num_examples,
+        seed=args.seed,
+        data_dir=args.data_dir,
+    )
+    print(f"wrote {args.out} (vocab {tok.vocab_size})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxrl-reason",
+        description="Teach language models to reason with RL: SFT, Expert Iteration, PPO, RCRL.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run the experiment a gin config describes (resumes)")
+    p.add_argument("config", nargs="+", help="gin config file(s), e.g. configs/experiments/x.gin")
+    p.add_argument("--workdir", required=True, help="run directory; re-running resumes it")
+    p.add_argument(
+        "--gin_param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="gin binding overriding the config files (repeatable)",
+    )
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint; writes eval.json")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--task", required=True, choices=("gsm8k", "svamp", "arith"))
+    p.add_argument("--k", type=int, default=16, help="samples per question for @K metrics")
+    p.add_argument("--data_dir", default=None, help="directory of the task's files")
+    p.add_argument("--num_questions", type=int, default=None, help="evaluate the first N only")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--orm_workdir", default=None, help="a trained ORM run, for rerank@K")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("demo", help="the built-in end-to-end demo on the `arith` task")
+    p.add_argument("--workdir", default="workdirs/demo")
+    p.add_argument(
+        "--algorithms", default="sft,ei", help="comma-separated subset of sft,ei,ppo,rcrl"
+    )
+    p.add_argument(
+        "--scale",
+        default="default",
+        choices=("default", "smoke"),
+        help="'smoke' is a seconds-long setting for tests",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("import-hf", help="HF Llama directory -> orbax checkpoint + config")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.set_defaults(func=_import_hf)
+
+    p = sub.add_parser("export-hf", help="orbax checkpoint + config -> HF Llama directory")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.set_defaults(func=_export_hf)
+
+    p = sub.add_parser("train-tokenizer", help="train a sentencepiece model on a task's text")
+    p.add_argument("--task", default="arith", choices=("gsm8k", "svamp", "arith"))
+    p.add_argument("--out", required=True, help="output .model path")
+    p.add_argument("--vocab_size", type=int, default=512)
+    p.add_argument("--num_examples", type=int, default=5000)
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_tokenizer)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("absl", "jax._src", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        print(f"jaxrl-reason {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

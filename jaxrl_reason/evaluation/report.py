@@ -1,0 +1,79 @@
+"""Results tables (markdown and JSON) and the accuracy-against-samples plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+TABLE_COLUMNS = ("maj@1", "maj@K", "rerank@K", "pass@K", "samples")
+
+
+def _cell(row: Mapping[str, Any], column: str) -> str:
+    value = row.get(column)
+    if value is None:
+        return "-"
+    if column == "samples":
+        return f"{int(value):,}"
+    ci = row.get(f"{column}_ci")
+    text = f"{100 * value:.1f}"
+    if ci is not None:
+        text += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+    return text
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], k: int) -> str:
+    """A paper-style table: one row per method, accuracies in percent with 95% CIs."""
+    header = ["method"] + [
+        c.replace("K", str(k)) if c != "samples" else "samples drawn" for c in TABLE_COLUMNS
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append(
+            "| " + " | ".join([row["method"]] + [_cell(row, c) for c in TABLE_COLUMNS]) + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a file by renaming a finished temporary file over it, so it is never partial."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def plot_accuracy_vs_samples(
+    curves: Mapping[str, Sequence[tuple[int, float]]],
+    path: str | os.PathLike,
+    metric: str = "maj@1",
+) -> None:
+    """One line per method: `metric` (0..1) against the number of samples drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for method, points in curves.items():
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        ax.plot(xs, [100 * y for y in ys], marker="o", label=method)
+    ax.set_xlabel("samples drawn from the policy")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"{metric} on held-out questions against samples drawn")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = Path(str(path) + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)

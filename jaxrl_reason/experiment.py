@@ -1,0 +1,276 @@
+"""One experiment in one workdir: task, tokenizer, model, then SFT and/or Expert Iteration.
+
+`jaxrl-reason train CONFIG.gin --workdir DIR` calls `run_from_config`; the demo calls
+`train_experiment` with its built-in settings. The workdir holds:
+
+  run.json              model config, tokenizer path, prompt format, task (for `eval`)
+  config.gin            the resolved gin config
+  tokenizer.model       when the tokenizer was trained for this run
+  sft/ ei/              each algorithm's checkpoints, metrics and state
+  policy/               params after each finished phase (`eval --step N` reads these)
+  results.json / .md    one row per method: maj@1, maj@K, rerank@K, pass@K, samples drawn
+  eval.json             written by `jaxrl-reason eval`
+
+Re-running the same command on the same workdir resumes every phase where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gin
+import jax
+
+from jaxrl_reason.algorithms.expert_iteration import ExpertIterationConfig, run_expert_iteration
+from jaxrl_reason.algorithms.policy import Policy, load_policy, save_policy
+from jaxrl_reason.algorithms.sft import SFTConfig, flat_summary, run_sft
+from jaxrl_reason.data.prompts import PromptFormat, prompt_format
+from jaxrl_reason.data.tasks import load_task
+from jaxrl_reason.data.tokenizer import load_tokenizer, train_tokenizer_for_task
+from jaxrl_reason.evaluation.evaluate import EvalConfig
+from jaxrl_reason.evaluation.report import markdown_table, plot_accuracy_vs_samples, write_json
+from jaxrl_reason.model import ModelConfig, init_params, model_config, param_logical_axes
+from jaxrl_reason.parallel import logical_shardings, make_mesh
+from jaxrl_reason.training.optimizer import OptimizerConfig
+
+log = logging.getLogger(__name__)
+ALGORITHMS = ("sft", "ei")
+
+
+def _task_kwargs(task: str, data_dir: str | None, seed: int) -> dict[str, Any]:
+    if task == "arith":
+        return {"seed": seed}
+    if data_dir is None:
+        raise ValueError(
+            f"task {task!r} needs data_dir: the directory holding its files "
+            "(e.g. ../shared/data/gsm8k)"
+        )
+    return {"data_dir": data_dir}
+
+
+def load_examples(
+    task: str, data_dir: str | None, seed: int, num_train: int | None, num_eval: int | None
+) -> tuple[list, list]:
+    kwargs = _task_kwargs(task, data_dir, seed)
+    if task == "arith":
+        train = load_task(task, "train", num_examples=num_train, **kwargs)
+        test = load_task(task, "test", num_examples=num_eval, **kwargs)
+    else:
+        train = load_task(task, "train", **kwargs)[:num_train]
+        test = load_task(task, "test", **kwargs)[:num_eval]
+    return train, test
+
+
+def _policy_from_run(run: dict[str, Any], mesh: Any = None) -> Policy:
+    fmt = PromptFormat(
+        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in run["prompt_format"].items()}
+    )
+    return Policy(ModelConfig(**run["model_config"]), load_tokenizer(run["tokenizer"]), fmt, mesh)
+
+
+def _mesh_or_none() -> Any:
+    return make_mesh() if jax.device_count() > 1 else None
+
+
+def _load_pretrained(path: str, mesh: Any) -> tuple[ModelConfig, Any]:
+    """An `import-hf` checkpoint, each tensor placed straight onto its sharding."""
+    from jaxrl_reason.model.hf_interop import load_checkpoint, model_config_from_json
+
+    config = model_config_from_json((Path(path) / "model_config.json").read_text())
+    shardings = None
+    if mesh is not None:
+        shardings = logical_shardings(param_logical_axes(config), mesh)
+    return load_checkpoint(path, shardings)
+
+
+@gin.configurable
+def train_experiment(
+    workdir: str | os.PathLike,
+    task: str = "arith",
+    algorithms: Sequence[str] = ALGORITHMS,
+    data_dir: str | None = None,
+    num_train: int | None = None,
+    num_eval: int | None = 200,
+    tokenizer_path: str | None = None,
+    tokenizer_vocab_size: int = 512,
+    init_checkpoint: str | None = None,
+    model: ModelConfig | None = None,
+    prompt: str = "zero_shot",
+    num_shots: int = 4,
+    seed: int = 0,
+    sft: SFTConfig | None = None,
+    ei: ExpertIterationConfig | None = None,
+    optimizer: OptimizerConfig | None = None,
+    evaluation: EvalConfig | None = None,
+    show_progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run the configured algorithms in order (EI starts from SFT's result if both run).
+
+    `model` defaults to gin's `model_config()` (its vocab_size is set from the tokenizer);
+    `init_checkpoint` (an `import-hf` output directory) replaces it with a pretrained model.
+    `prompt` is "zero_shot" or "few_shot" (`num_shots` train exemplars, for a pretrained
+    start). Returns the results rows (also written to results.json / .md / .png).
+    """
+    unknown = [a for a in algorithms if a not in ALGORITHMS]
+    if unknown:
+        raise ValueError(f"unknown algorithm(s) {unknown}; this build runs {ALGORITHMS}")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    sft, ei = sft or SFTConfig(), ei or ExpertIterationConfig()
+    optimizer, evaluation = optimizer or OptimizerConfig(), evaluation or EvalConfig()
+    train, test = load_examples(task, data_dir, seed, num_train, num_eval)
+
+    if tokenizer_path is None:
+        tokenizer_path = str(workdir / "tokenizer.model")
+        if not Path(tokenizer_path).exists():
+            train_tokenizer_for_task(
+                task,
+                tokenizer_path,
+                vocab_size=tokenizer_vocab_size,
+                **_task_kwargs(task, data_dir, seed),
+            )
+    tokenizer = load_tokenizer(tokenizer_path)
+    mesh = _mesh_or_none()
+    if init_checkpoint is not None:
+        config, params = _load_pretrained(init_checkpoint, mesh)
+    else:
+        config = (model or model_config()).replace(vocab_size=tokenizer.vocab_size)
+        params = init_params(config, jax.random.key(seed))
+    fmt = prompt_format(kind=prompt, exemplars=train, num_shots=num_shots, seed=seed)
+    policy = Policy(config, tokenizer, fmt, mesh)
+    write_json(
+        workdir / "run.json",
+        {
+            "task": task,
+            "data_dir": data_dir,
+            "tokenizer": os.path.abspath(tokenizer_path),
+            "model_config": dataclasses.asdict(config),
+            "algorithms": list(algorithms),
+            "prompt_format": dataclasses.asdict(fmt),
+        },
+    )
+
+    rows, curves = [], {}
+    if "sft" in algorithms:
+        params, history = run_sft(
+            policy, params, train, test, sft, optimizer, evaluation, workdir / "sft", show_progress
+        )
+        result = _final_eval(policy, params, test, evaluation, workdir, "sft", 0)
+        rows.append({"method": "SFT", **result["summary"], "samples": 0})
+        curves["SFT"] = [(0, result["summary"]["maj@1"])]
+        log.info("SFT per-epoch maj@1: %s", [round(h.get("maj@1", 0), 3) for h in history])
+    if "ei" in algorithms:
+        start = params
+        params, history = run_expert_iteration(
+            policy, start, train, test, ei, optimizer, evaluation, workdir, show_progress
+        )
+        drawn = history[-1]["samples_drawn"] if history else 0
+        last_round = workdir / "ei" / f"eval_round_{len(history)}.json"
+        result = _final_eval(policy, params, test, evaluation, workdir, "ei", drawn, last_round)
+        rows.append({"method": "EI", **result["summary"], "samples": drawn})
+        curves["EI"] = [
+            *curves.get("SFT", []),
+            *[(h["samples_drawn"], h["eval"].get("maj@1", 0.0)) for h in history],
+        ]
+    write_results(workdir, rows, curves, evaluation.num_samples)
+    return rows
+
+
+def _final_eval(
+    policy: Policy,
+    params: Any,
+    test: Sequence,
+    cfg: EvalConfig,
+    workdir: Path,
+    phase: str,
+    samples_drawn: int,
+    done: Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate a finished phase once (cached in workdir/<phase>_eval.json) and save it.
+
+    `done`: an evaluation of these params already on disk (e.g. EI's last round), reused.
+    """
+    path = workdir / f"{phase}_eval.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    if done is not None and done.exists():
+        result = json.loads(done.read_text())
+    else:
+        result = policy.evaluate(params, test, cfg)
+    save_policy(
+        workdir, params, {"phase": phase, "samples_drawn": samples_drawn, **flat_summary(result)}
+    )
+    write_json(path, result)
+    return result
+
+
+def write_results(
+    workdir: Path, rows: list[dict[str, Any]], curves: dict[str, list[tuple[int, float]]], k: int
+) -> str:
+    table = markdown_table(rows, k)
+    write_json(workdir / "results.json", {"k": k, "rows": rows, "curves": curves})
+    (workdir / "results.md").write_text(table + "\n")
+    if curves:
+        plot_accuracy_vs_samples(curves, workdir / "results.png")
+    return table
+
+
+def run_from_config(
+    config_files: Sequence[str], bindings: Sequence[str], workdir: str | os.PathLike
+) -> None:
+    """`jaxrl-reason train`: parse gin, record the resolved config, run the experiment."""
+    from jaxrl_reason.configuration import parse_config, write_resolved_config
+
+    parse_config(config_files, bindings)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    rows = train_experiment(workdir)
+    write_resolved_config(workdir)
+    print(markdown_table(rows, EvalConfig().num_samples))
+
+
+def evaluate_workdir(
+    workdir: str | os.PathLike,
+    task: str,
+    k: int,
+    step: int | None = None,
+    data_dir: str | None = None,
+    num_questions: int | None = None,
+    temperature: float = 0.7,
+    max_new_tokens: int = 256,
+    orm_workdir: str | None = None,
+) -> dict[str, Any]:
+    """`jaxrl-reason eval`: evaluate a saved policy of a run and write `eval.json`."""
+    run_path = Path(workdir) / "run.json"
+    if not run_path.exists():
+        raise FileNotFoundError(
+            f"{run_path} not found: {workdir} is not a jaxrl_reason run "
+            "directory (train one with `jaxrl-reason train` or `demo`)"
+        )
+    if orm_workdir is not None:
+        raise ValueError(
+            "rerank@K needs a trained outcome reward model, which this build "
+            "does not train yet; omit --orm_workdir"
+        )
+    run = json.loads(run_path.read_text())
+    policy = _policy_from_run(run, _mesh_or_none())
+    target = jax.eval_shape(lambda: init_params(policy.model_config, jax.random.key(0)))
+    params, meta = load_policy(workdir, target, step)
+    data_dir = data_dir or run.get("data_dir")
+    _, test = load_examples(task, data_dir, 0, None, num_questions)
+    cfg = EvalConfig(num_samples=k, temperature=temperature, max_new_tokens=max_new_tokens)
+    result = policy.evaluate(params, test, cfg)
+    result.update(task=task, policy_meta=meta, workdir=str(workdir))
+    write_json(Path(workdir) / "eval.json", result)
+    row = {
+        "method": meta.get("phase", "policy"),
+        **result["summary"],
+        "samples": meta.get("samples_drawn", 0),
+    }
+    print(markdown_table([row], k))
+    return result
