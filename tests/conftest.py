@@ -16,6 +16,8 @@ def shared_data_dir() -> pathlib.Path:
     """`../shared/data` beside the repository (GSM8K and SVAMP); CI always has it."""
     path = REPO_ROOT.parent / "shared" / "data"
     if not (path / "gsm8k" / "train.jsonl").exists():
-        pytest.fail(f"shared data not found at {path}: the tests expect ../shared/data "
-                    "beside the repository (GSM8K and SVAMP files)")
+        pytest.fail(
+            f"shared data not found at {path}: the tests expect ../shared/data "
+            "beside the repository (GSM8K and SVAMP files)"
+        )
     return path
