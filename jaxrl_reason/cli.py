@@ -58,13 +58,14 @@ def _export_hf(args: argparse.Namespace) -> None:
 def _train_tokenizer(args: argparse.Namespace) -> None:
     from jaxrl_reason.data.tokenizer import train_tokenizer_for_task
 
+    task_kwargs = {} if args.data_dir is None else {"data_dir": args.data_dir}
     tok = train_tokenizer_for_task(
         args.task,
         args.out,
         vocab_size=args.vocab_size,
         num_examples=args.num_examples,
         seed=args.seed,
-        data_dir=args.data_dir,
+        **task_kwargs,
     )
     print(f"wrote {args.out} (vocab {tok.vocab_size})")
 

@@ -83,13 +83,13 @@ def test_train_tokenizer(tmp_path):
         "--out",
         str(tmp_path / "tok.model"),
         "--vocab_size",
-        "300",
+        "400",
         "--num_examples",
         "500",
         timeout=120,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (tmp_path / "tok.model").exists() and "vocab 300" in out.stdout
+    assert (tmp_path / "tok.model").exists() and "vocab 400" in out.stdout
 
 
 @pytest.mark.slow

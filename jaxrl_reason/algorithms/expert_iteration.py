@@ -32,8 +32,9 @@ from jaxrl_reason.algorithms.policy import Policy
 from jaxrl_reason.algorithms.sft import flat_summary, phase_optimizer, supervised_steps
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.pipeline import SupervisedBatches
-from jaxrl_reason.evaluation.evaluate import EvalConfig
+from jaxrl_reason.evaluation.evaluate import EvalConfig, greedy_only
 from jaxrl_reason.evaluation.report import write_atomic, write_json
+from jaxrl_reason.parallel import batch_shards
 from jaxrl_reason.rewards.grading import is_correct
 from jaxrl_reason.training.optimizer import OptimizerConfig
 from jaxrl_reason.training.sft_loop import train_sft
@@ -55,6 +56,8 @@ class ExpertIterationConfig:
     max_len: int = 512
     length_multiple: int | None = 64
     retrain_from_initial: bool = True
+    learning_rate: float | None = None  # fine-tuning rate per round; None: the optimizer's
+    full_eval_every_round: bool = False
     prompts_per_call: int = 64
     seed: int = 0
 
@@ -196,7 +199,11 @@ def run_expert_iteration(
         )
         result = None
         if eval_examples:
-            result = policy.evaluate(params, eval_examples, eval_cfg)
+            # Every round's maj@1 (for the accuracy-against-samples curve); the full
+            # evaluation (K samples) only after the last round unless asked for.
+            last = r == cfg.num_rounds
+            per_round = eval_cfg if last or cfg.full_eval_every_round else greedy_only(eval_cfg)
+            result = policy.evaluate(params, eval_examples, per_round)
             write_json(ei_dir / f"eval_round_{r}.json", result)
         entry = {
             "round": r,
@@ -238,7 +245,11 @@ def _train_round(
     if not examples:
         log.warning("EI round %d: no correct samples; the policy is unchanged", round_index)
         return start_params
-    batch_size = min(cfg.batch_size, len(examples))
+    # A batch must split evenly over the mesh's batch shards; a round with fewer kept
+    # solutions than one batch repeats them (they are all correct).
+    shards = batch_shards(policy.mesh)
+    batch_size = max(shards, min(cfg.batch_size, len(examples)) // shards * shards)
+    examples = examples * -(-batch_size // len(examples))
     num_steps = supervised_steps(len(examples), batch_size, cfg.epochs_per_round)
     make_batches = lambda: SupervisedBatches(
         examples,
@@ -253,7 +264,9 @@ def _train_round(
         policy.model_config,
         start_params,
         make_batches,
-        phase_optimizer(optimizer, num_steps),
+        phase_optimizer(
+            optimizer.replace(learning_rate=cfg.learning_rate or optimizer.learning_rate), num_steps
+        ),
         round_dir,
         num_steps,
         cfg.seed + round_index,

@@ -54,6 +54,7 @@ class Policy:
             temperature=temperature,
             max_new_tokens=max_new_tokens,
             eos_ids=(self.tokenizer.eos_id,),
+            batch_bucket=8,
         )
 
     def sample(

@@ -19,6 +19,7 @@ from jaxrl_reason.algorithms.policy import Policy
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.pipeline import SupervisedBatches
 from jaxrl_reason.evaluation.evaluate import EvalConfig
+from jaxrl_reason.parallel import batch_shards
 from jaxrl_reason.training.metrics_writer import read_metrics
 from jaxrl_reason.training.optimizer import OptimizerConfig
 from jaxrl_reason.training.sft_loop import train_sft
@@ -74,6 +75,12 @@ def run_sft(
     Resumes from `workdir` if it holds checkpoints. The optimizer's schedule length is set
     to the number of steps this run takes.
     """
+    shards = batch_shards(policy.mesh)
+    if cfg.batch_size % shards:
+        raise ValueError(
+            f"SFTConfig.batch_size={cfg.batch_size} must be a multiple of the "
+            f"mesh's {shards} batch shards (data x fsdp)"
+        )
     make_batches = lambda: SupervisedBatches(
         train_examples,
         policy.tokenizer,

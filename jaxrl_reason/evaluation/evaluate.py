@@ -30,13 +30,21 @@ Scorer = Callable[[Sequence[Example], Sequence[Sequence[str]]], Sequence[Sequenc
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """How a policy is evaluated: K samples at `temperature`, plus one greedy decode."""
+    """How a policy is evaluated: K samples at `temperature`, plus one greedy decode.
+
+    `num_samples=0` evaluates the greedy decode alone (maj@1), e.g. between EI rounds.
+    """
 
     num_samples: int = 16
     temperature: float = 0.7
     max_new_tokens: int = 256
     prompts_per_call: int = 64
     seed: int = 0
+
+
+def greedy_only(cfg: EvalConfig) -> EvalConfig:
+    """`cfg` without the K samples: the cheap maj@1-only evaluation."""
+    return dataclasses.replace(cfg, num_samples=0)
 
 
 def generate(
@@ -74,25 +82,33 @@ def evaluate_policy(
     prompts = [prompt_format.format(ex.question) for ex in examples]
     rng = jax.random.key(cfg.seed)
     base = SamplingConfig(
-        num_samples=1, max_new_tokens=cfg.max_new_tokens, temperature=0.0, eos_ids=(eos_id,)
+        num_samples=1,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=0.0,
+        eos_ids=(eos_id,),
+        batch_bucket=8,
     )
     stops = prompt_format.stop_sequences
     greedy = generate(
         text_sampler, params, prompts, base, jax.random.fold_in(rng, 0), cfg.prompts_per_call, stops
     )
-    samples = generate(
-        text_sampler,
-        params,
-        prompts,
-        base.replace(num_samples=cfg.num_samples, temperature=cfg.temperature),
-        jax.random.fold_in(rng, 1),
-        cfg.prompts_per_call,
-        stops,
-    )
+    samples: list[list[str]] = [[] for _ in examples]
+    if cfg.num_samples:
+        samples = generate(
+            text_sampler,
+            params,
+            prompts,
+            base.replace(num_samples=cfg.num_samples, temperature=cfg.temperature),
+            jax.random.fold_in(rng, 1),
+            cfg.prompts_per_call,
+            stops,
+        )
     references = [ex.answer for ex in examples]
     greedy_answers = [extract_answer(g[0]) for g in greedy]
-    sample_answers = [[extract_answer(s) for s in row] for row in samples]
-    scores = None if scorer is None else [list(map(float, s)) for s in scorer(examples, samples)]
+    sample_answers = [[extract_answer(s) for s in row] for row in samples if row]
+    scores = None
+    if scorer is not None and sample_answers:
+        scores = [list(map(float, s)) for s in scorer(examples, samples)]
     summary = summarize(greedy_answers, sample_answers, references, scores)
     k = cfg.num_samples
     # Generic column names (maj@K ...) alongside the numbered ones, for tables.
@@ -100,7 +116,7 @@ def evaluate_policy(
         if f"{name}@{k}" in summary:
             summary[f"{name}@K"] = summary[f"{name}@{k}"]
             summary[f"{name}@K_ci"] = summary[f"{name}@{k}_ci"]
-    curves = metric_curves(sample_answers, references, scores)
+    curves = metric_curves(sample_answers, references, scores) if sample_answers else {}
     return {
         "summary": summary,
         "curves": {m: {str(kk): v for kk, v in c.items()} for m, c in curves.items()},

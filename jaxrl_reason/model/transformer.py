@@ -286,32 +286,23 @@ class Transformer(nn.Module):
                 "index": cache_index + t,
             }
 
-        logits = None
-        if return_logits:
-            h = hidden[:, -1:] if last_logits_only else hidden
-            if c.tie_embeddings:
-                logits = jnp.einsum("BTD,VD->BTV", h, embedding.astype(c.compute_dtype))
-            else:
-                lm_head = _param(
-                    self,
-                    "lm_head",
-                    (c.d_model, c.vocab_size),
-                    ("embed", "vocab"),
-                    _fan_in(0, 1),
-                    c.weight_dtype,
-                )
-                logits = jnp.einsum("BTD,DV->BTV", h, lm_head.astype(c.compute_dtype))
-            logits = nn.with_logical_constraint(
-                logits.astype(jnp.float32), ("batch", "length", "vocab")
-            )
-        elif not c.tie_embeddings and self.is_initializing():
-            _param(
+        # Tied embeddings: the table [V, D] also projects back to the vocabulary.
+        lm_head = embedding.T
+        if not c.tie_embeddings:
+            lm_head = _param(
                 self,
                 "lm_head",
                 (c.d_model, c.vocab_size),
                 ("embed", "vocab"),
                 _fan_in(0, 1),
                 c.weight_dtype,
+            )  # [D, V]
+        logits = None
+        if return_logits:
+            h = hidden[:, -1:] if last_logits_only else hidden
+            logits = jnp.einsum("BTD,DV->BTV", h, lm_head.astype(c.compute_dtype))
+            logits = nn.with_logical_constraint(
+                logits.astype(jnp.float32), ("batch", "length", "vocab")
             )
 
         heads = {}

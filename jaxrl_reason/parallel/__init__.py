@@ -6,6 +6,7 @@ from jaxrl_reason.parallel.rules import (
     activation_sharding,
     axis_rules,
     batch_sharding,
+    batch_shards,
     logical_shardings,
     replicated,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "MESH_AXES",
     "activation_sharding",
     "axis_rules",
+    "batch_shards",
     "batch_sharding",
     "initialize_distributed",
     "logical_shardings",

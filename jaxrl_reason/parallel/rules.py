@@ -9,6 +9,7 @@ of the same array is left unsharded (Flax resolves rules in order).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,6 +48,18 @@ def batch_sharding(mesh: Mesh, ndim: int, rules: Rules | None = None) -> NamedSh
     """Sharding of a [batch, ...] array: batch over the rules' `batch` axes, rest replicated."""
     spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules or axis_rules())
     return NamedSharding(mesh, spec)
+
+
+def batch_shards(mesh: Mesh | None, rules: Rules | None = None) -> int:
+    """How many ways the rules split a batch over `mesh` (1 without a mesh).
+
+    Every batch (and sampler row count) must be a multiple of it.
+    """
+    if mesh is None:
+        return 1
+    spec = batch_sharding(mesh, 1, rules).spec[0]
+    axes = spec if isinstance(spec, tuple) else (spec,) if spec else ()
+    return math.prod(mesh.shape[a] for a in axes)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

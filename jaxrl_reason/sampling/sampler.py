@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import math
 from typing import Any
 
 import flax.struct
@@ -46,6 +45,7 @@ from jaxrl_reason.parallel.rules import (
     activation_sharding,
     axis_rules,
     batch_sharding,
+    batch_shards,
     logical_shardings,
     replicated,
 )
@@ -121,11 +121,8 @@ class Sampler:
         self.model = Transformer(model_config, heads=())
         self.compilations: collections.Counter[str] = collections.Counter()
         self._jitted: dict[tuple, Any] = {}
-        self._row_multiple = 1
+        self._row_multiple = batch_shards(mesh, self.rules)
         if mesh is not None:
-            spec = batch_sharding(mesh, 1, self.rules).spec[0]
-            axes = spec if isinstance(spec, tuple) else (spec,) if spec else ()
-            self._row_multiple = math.prod(mesh.shape[a] for a in axes)
             self._param_shardings = logical_shardings(
                 param_logical_axes(model_config, self.heads), mesh, self.rules
             )

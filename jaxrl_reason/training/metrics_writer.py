@@ -53,7 +53,9 @@ class MetricWriter:
         if self._tb is not None:
             for name, value in values.items():
                 if isinstance(value, bool | int | float):
-                    self._tb.add_scalar(f"{phase}/{name}", float(value), int(step))
+                    # TensorBoard tags take no "@": maj@8 is written as maj_at_8.
+                    tag = f"{phase}/{name}".replace("@", "_at_")
+                    self._tb.add_scalar(tag, float(value), int(step))
             self._tb.flush()
 
     def close(self) -> None:
