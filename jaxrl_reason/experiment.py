@@ -234,6 +234,34 @@ def run_from_config(
     print(markdown_table(rows, EvalConfig().num_samples))
 
 
+def load_run(
+    workdir: str | os.PathLike, step: int | None = None
+) -> tuple[Policy, Any, dict[str, Any]]:
+    """(policy, params, meta) of a run directory's newest (or `step`) saved policy.
+
+    The params land on the run's mesh when several devices are present.
+    """
+    run_path = Path(workdir) / "run.json"
+    if not run_path.exists():
+        raise FileNotFoundError(
+            f"{run_path} not found: {workdir} is not a jaxrl_reason run "
+            "directory (train one with `jaxrl-reason train` or `demo`)"
+        )
+    policy = _policy_from_run(json.loads(run_path.read_text()), _mesh_or_none())
+    config = policy.model_config
+    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    if policy.mesh is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, shapes)
+    else:
+        shardings = logical_shardings(param_logical_axes(config), policy.mesh)
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+    )
+    params, meta = load_policy(workdir, target, step)
+    return policy, params, meta
+
+
 def evaluate_workdir(
     workdir: str | os.PathLike,
     task: str,
@@ -246,21 +274,13 @@ def evaluate_workdir(
     orm_workdir: str | None = None,
 ) -> dict[str, Any]:
     """`jaxrl-reason eval`: evaluate a saved policy of a run and write `eval.json`."""
-    run_path = Path(workdir) / "run.json"
-    if not run_path.exists():
-        raise FileNotFoundError(
-            f"{run_path} not found: {workdir} is not a jaxrl_reason run "
-            "directory (train one with `jaxrl-reason train` or `demo`)"
-        )
     if orm_workdir is not None:
         raise ValueError(
             "rerank@K needs a trained outcome reward model, which this build "
             "does not train yet; omit --orm_workdir"
         )
-    run = json.loads(run_path.read_text())
-    policy = _policy_from_run(run, _mesh_or_none())
-    target = jax.eval_shape(lambda: init_params(policy.model_config, jax.random.key(0)))
-    params, meta = load_policy(workdir, target, step)
+    policy, params, meta = load_run(workdir, step)
+    run = json.loads((Path(workdir) / "run.json").read_text())
     data_dir = data_dir or run.get("data_dir")
     _, test = load_examples(task, data_dir, 0, None, num_questions)
     cfg = EvalConfig(num_samples=k, temperature=temperature, max_new_tokens=max_new_tokens)
