@@ -101,3 +101,40 @@ def test_full_demo_ei_beats_sft(tmp_path):
     rows = {r["method"]: r for r in json.loads((workdir / "results.json").read_text())["rows"]}
     print(out.stdout[-2000:])
     assert rows["EI"]["maj@1"] > rows["SFT"]["maj@1"]
+
+
+def test_train_from_the_demo_gin_config(tmp_path):
+    """`train CONFIG.gin --gin_param ...` runs what the file says and records the config."""
+    workdir = tmp_path / "run"
+    small = {
+        "train_experiment.num_train": "64",
+        "train_experiment.num_eval": "4",
+        "train_experiment.show_progress": "False",
+        "SFTConfig.num_epochs": "1",
+        "SFTConfig.batch_size": "16",
+        "ExpertIterationConfig.num_rounds": "1",
+        "ExpertIterationConfig.questions_per_round": "8",
+        "ExpertIterationConfig.max_new_tokens": "16",
+        "EvalConfig.num_samples": "2",
+        "EvalConfig.max_new_tokens": "16",
+    }
+    bindings = [arg for k, v in small.items() for arg in ("--gin_param", f"{k}={v}")]
+    out = run_cli("train", "configs/experiments/demo.gin", "--workdir", str(workdir), *bindings)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((workdir / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["SFT", "EI"] and rows[1]["samples"] == 8 * 4
+    resolved = (workdir / "config.gin").read_text()
+    assert "EvalConfig.num_samples = 2" in resolved and "model_config.d_model = 128" in resolved
+
+
+def test_train_with_an_unknown_binding_names_it(tmp_path):
+    out = run_cli(
+        "train",
+        "configs/experiments/demo.gin",
+        "--workdir",
+        str(tmp_path),
+        "--gin_param",
+        "SFTConfig.num_epoch=1",
+        timeout=120,
+    )
+    assert out.returncode == 2 and "num_epoch" in out.stderr
