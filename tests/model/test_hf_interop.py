@@ -17,11 +17,11 @@ from jaxrl_reason.model import (  # noqa: E402
     Transformer,
     default_positions,
     hf_interop,  # noqa: E402
-    init_params,
     param_logical_axes,
 )
 from jaxrl_reason.model.config import ModelConfig, RopeScaling  # noqa: E402
 from jaxrl_reason.parallel import logical_shardings, make_mesh  # noqa: E402
+from tests.model.random_params import random_params  # noqa: E402
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -72,21 +72,6 @@ def hf_dirs(tmp_path_factory):
         model.save_pretrained(path, safe_serialization=True)
         out[name] = (model, path)
     return out
-
-
-def _random_params(config, seed, heads=()):
-    """Random params in the model's tree, drawn with numpy (init_params compiles slowly on CPU)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0), heads))
-    return jax.tree_util.tree_map_with_path(
-        lambda path, s: jnp.asarray(
-            (1 + 0.2 * rng.standard_normal(s.shape))
-            if "norm" in jax.tree_util.keystr(path)
-            else 0.3 * rng.standard_normal(s.shape),
-            s.dtype,
-        ),
-        shapes,
-    )
 
 
 def _batch(vocab, seed=0):
@@ -155,7 +140,7 @@ def test_exported_params_load_in_transformers(tmp_path, tied):
         rope_scaling=RopeScaling(8.0, 1.0, 4.0, 16),
         tie_embeddings=tied,
     )
-    params = _random_params(config, seed=1)
+    params = random_params(config, seed=1)
     hf_interop.save_hf_llama(config, params, tmp_path / "hf")
     model = transformers.LlamaForCausalLM.from_pretrained(
         tmp_path / "hf", attn_implementation="eager"
@@ -419,7 +404,7 @@ def test_export_copies_nothing_extra(tmp_path):
         mlp_dim=8,
         max_seq_len=32,
     )
-    params = _random_params(config, seed=0, heads=("value",))
+    params = random_params(config, seed=0, heads=("value",))
     assert "value_head" in params
     hf_interop.save_hf_llama(config, params, tmp_path / "hf")
     names = sorted(_tensors(tmp_path / "hf"))

@@ -16,8 +16,8 @@ from jaxrl_reason.model import (
     Transformer,
     default_positions,
     init_cache,
-    init_params,
 )
+from tests.model.random_params import random_params
 
 CONFIG = ModelConfig(
     vocab_size=64,
@@ -31,21 +31,6 @@ CONFIG = ModelConfig(
     rope_theta=1000.0,
 )
 PROMPT, TOTAL = 6, 11  # prompt slots, then TOTAL - PROMPT tokens decoded one at a time
-
-
-def _random_params(config, seed=0, heads=()):
-    """Random params in the model's tree, drawn with numpy (init_params compiles slowly on CPU)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0), heads))
-    return jax.tree_util.tree_map_with_path(
-        lambda path, s: jnp.asarray(
-            (1 + 0.2 * rng.standard_normal(s.shape))
-            if "norm" in jax.tree_util.keystr(path)
-            else 0.3 * rng.standard_normal(s.shape),
-            s.dtype,
-        ),
-        shapes,
-    )
 
 
 def _batch(seed=0):
@@ -71,7 +56,7 @@ def _full_logits(params, tokens, mask):
 
 @pytest.fixture(scope="module")
 def params():
-    return _random_params(CONFIG)
+    return random_params(CONFIG)
 
 
 @pytest.mark.parametrize("remat", [False, True])
@@ -133,7 +118,7 @@ def test_last_logits_only_and_no_logits(params):
 
 def test_value_and_reward_heads(params):
     heads = ("value", "reward")
-    with_heads = _random_params(CONFIG, seed=1, heads=heads)
+    with_heads = random_params(CONFIG, seed=1, heads=heads)
     tokens, mask = _batch()
     out = _forward(with_heads, tokens, mask, heads=heads)
     hidden = np.asarray(out.hidden, np.float64)
