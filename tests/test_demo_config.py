@@ -12,7 +12,7 @@ from jaxrl_reason.training.optimizer import OptimizerConfig
 
 
 def test_demo_gin_matches_the_built_in_demo():
-    parse_config(["configs/experiments/demo.gin"])
+    parse_config(["experiments/demo.gin"])  # resolved under configs/
     try:
         s = SCALES["default"]
         assert SFTConfig() == s.sft
