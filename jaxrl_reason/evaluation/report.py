@@ -62,11 +62,20 @@ def plot_accuracy_vs_samples(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for method, points in curves.items():
+    top = 0.0
+    for i, (method, points) in enumerate(curves.items()):
         if not points:
             continue
         xs, ys = zip(*points)
-        ax.plot(xs, [100 * y for y in ys], marker="o", label=method)
+        top = max(top, *ys)
+        if len(points) == 1:  # a method that draws no samples (SFT): one point, on top
+            ax.scatter(
+                xs, [100 * y for y in ys], marker="*", s=180, zorder=3, label=method, color=f"C{i}"
+            )
+        else:
+            ax.plot(xs, [100 * y for y in ys], marker="o", label=method, color=f"C{i}")
+    # From 0, so that a small gap between methods is not drawn as a large one.
+    ax.set_ylim(0, min(100, 100 * top * 1.25 + 1))
     ax.set_xlabel("samples drawn from the policy")
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{metric} on held-out questions against samples drawn")
