@@ -78,6 +78,28 @@ def _mesh_or_none() -> Any:
     return make_mesh() if jax.device_count() > 1 else None
 
 
+def _check_same_run(path: Path, run: dict[str, Any]) -> None:
+    """Refuse to resume a workdir that holds a different run, before anything is touched.
+
+    Its checkpoints would not fit this model, and its results would be mixed with ours.
+    """
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    keys = ("task", "model_config", "prompt_format")
+    changed = [
+        k
+        for k in keys
+        if json.dumps(old.get(k), sort_keys=True)
+        != json.dumps(json.loads(json.dumps(run[k])), sort_keys=True)
+    ]
+    if changed:
+        raise ValueError(
+            f"{path.parent} holds a run with a different {', '.join(changed)}; nothing was "
+            "changed there. Use a new --workdir, or the settings that run was started with."
+        )
+
+
 def _load_pretrained(path: str, mesh: Any) -> tuple[ModelConfig, Any]:
     """An `import-hf` checkpoint, each tensor placed straight onto its sharding."""
     from jaxrl_reason.model.hf_interop import load_checkpoint, model_config_from_json
@@ -144,17 +166,16 @@ def train_experiment(
         params = init_params(config, jax.random.key(seed))
     fmt = prompt_format(kind=prompt, exemplars=train, num_shots=num_shots, seed=seed)
     policy = Policy(config, tokenizer, fmt, mesh)
-    write_json(
-        workdir / "run.json",
-        {
-            "task": task,
-            "data_dir": data_dir,
-            "tokenizer": os.path.abspath(tokenizer_path),
-            "model_config": dataclasses.asdict(config),
-            "algorithms": list(algorithms),
-            "prompt_format": dataclasses.asdict(fmt),
-        },
-    )
+    run = {
+        "task": task,
+        "data_dir": data_dir,
+        "tokenizer": os.path.abspath(tokenizer_path),
+        "model_config": dataclasses.asdict(config),
+        "algorithms": list(algorithms),
+        "prompt_format": dataclasses.asdict(fmt),
+    }
+    _check_same_run(workdir / "run.json", run)
+    write_json(workdir / "run.json", run)
 
     rows, curves = [], {}
     if "sft" in algorithms:

@@ -68,6 +68,12 @@ def test_smoke_demo_then_eval_then_resume(tmp_path):
     assert "resumed from step" in out.stderr
     assert json.loads((workdir / "results.json").read_text()) == json.loads(before)
 
+    # The same workdir under another model config is refused, and nothing there changes.
+    out = run_cli("train", "configs/experiments/demo.gin", "--workdir", str(workdir))
+    assert out.returncode == 2 and "holds a run with a different model_config" in out.stderr
+    assert (workdir / "results.json").read_text() == before
+    assert sorted(p.name for p in (workdir / "sft" / "checkpoints").iterdir()) == ["6"]
+
 
 def test_eval_of_a_missing_run_names_the_directory(tmp_path):
     out = run_cli("eval", "--workdir", str(tmp_path / "nope"), "--task", "arith", timeout=120)
