@@ -187,9 +187,8 @@ def train_experiment(
         curves["SFT"] = [(0, result["summary"]["maj@1"])]
         log.info("SFT per-epoch maj@1: %s", [round(h.get("maj@1", 0), 3) for h in history])
     if "ei" in algorithms:
-        start = params
         params, history = run_expert_iteration(
-            policy, start, train, test, ei, optimizer, evaluation, workdir, show_progress
+            policy, params, train, test, ei, optimizer, evaluation, workdir, show_progress
         )
         drawn = history[-1]["samples_drawn"] if history else 0
         last_round = workdir / "ei" / f"eval_round_{len(history)}.json"

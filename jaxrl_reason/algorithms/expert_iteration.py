@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ import jax
 import numpy as np
 
 from jaxrl_reason.algorithms.policy import Policy
-from jaxrl_reason.algorithms.sft import flat_summary, phase_optimizer, supervised_steps
+from jaxrl_reason.algorithms.sft import flat_summary, phase_optimizer
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.pipeline import SupervisedBatches
 from jaxrl_reason.evaluation.evaluate import EvalConfig, greedy_only
@@ -160,21 +161,21 @@ def run_expert_iteration(
     ei_dir.mkdir(parents=True, exist_ok=True)
     state = _load_state(ei_dir)
     by_id = {ex.id: ex for ex in train_examples}
+    dataset = _load_dataset(ei_dir, state["rounds_done"])
     params = init_params
     if state["rounds_done"]:
+        # The last finished round's fine-tuning is complete: this restores its params.
         params = _train_round(
             policy,
             init_params,
-            {},
+            dataset,
             by_id,
             cfg,
             optimizer,
             ei_dir,
             state["rounds_done"],
             show_progress,
-            resume_only=True,
         )
-    dataset = _load_dataset(ei_dir, state["rounds_done"])
     for r in range(state["rounds_done"] + 1, cfg.num_rounds + 1):
         questions = _round_questions(train_examples, cfg, r)
         sampling = policy.sampling_config(
@@ -184,6 +185,7 @@ def run_expert_iteration(
         samples = policy.sample(params, questions, sampling, key, cfg.prompts_per_call)
         new = correct_solutions(questions, samples)
         dataset, added = merge(dataset, new)
+        dataset_size = sum(map(len, dataset.values()))
         drawn = state["samples_drawn"] + len(questions) * cfg.samples_per_question
         log.info(
             "EI round %d: %d/%d questions solved at least once, %d new solutions, dataset %d",
@@ -191,7 +193,7 @@ def run_expert_iteration(
             len(new),
             len(questions),
             added,
-            sum(map(len, dataset.values())),
+            dataset_size,
         )
         start = init_params if cfg.retrain_from_initial else params
         params = _train_round(
@@ -211,7 +213,7 @@ def run_expert_iteration(
             "questions": len(questions),
             "solved_fraction": len(new) / len(questions),
             "new_solutions": added,
-            "dataset_size": sum(map(len, dataset.values())),
+            "dataset_size": dataset_size,
             "eval": flat_summary(result) if result else {},
         }
         write_atomic(
@@ -235,13 +237,9 @@ def _train_round(
     ei_dir: Path,
     round_index: int,
     show_progress: bool,
-    resume_only: bool = False,
 ) -> Any:
-    """Fine-tune on the dataset (or, with `resume_only`, reload the round's final params)."""
-    round_dir = ei_dir / f"round_{round_index}"
+    """Fine-tune on the dataset; a round already finished in `ei_dir` is just restored."""
     examples = as_examples(dataset, by_id)
-    if resume_only:
-        examples = as_examples(_load_dataset(ei_dir, round_index), by_id)
     if not examples:
         log.warning("EI round %d: no correct samples; the policy is unchanged", round_index)
         return start_params
@@ -250,8 +248,7 @@ def _train_round(
     shards = batch_shards(policy.mesh)
     batch_size = max(shards, min(cfg.batch_size, len(examples)) // shards * shards)
     examples = examples * -(-batch_size // len(examples))
-    num_steps = supervised_steps(len(examples), batch_size, cfg.epochs_per_round)
-    make_batches = lambda: SupervisedBatches(
+    batches = SupervisedBatches(
         examples,
         policy.tokenizer,
         policy.prompt_format,
@@ -260,18 +257,18 @@ def _train_round(
         seed=cfg.seed * 1000 + round_index,
         length_multiple=cfg.length_multiple,
     )
+    num_steps = max(1, math.ceil(cfg.epochs_per_round * batches.batches_per_epoch))
+    lr = cfg.learning_rate or optimizer.learning_rate
     state = train_sft(
         policy.model_config,
         start_params,
-        make_batches,
-        phase_optimizer(
-            optimizer.replace(learning_rate=cfg.learning_rate or optimizer.learning_rate), num_steps
-        ),
-        round_dir,
+        lambda: batches,
+        phase_optimizer(optimizer.replace(learning_rate=lr), num_steps),
+        ei_dir / f"round_{round_index}",
         num_steps,
         cfg.seed + round_index,
         mesh=policy.mesh,
-        checkpoint_every=max(num_steps, 1),
+        checkpoint_every=num_steps,
         keep=1,
         show_progress=show_progress,
     )

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 from jax.sharding import Mesh
@@ -14,13 +14,17 @@ from jax.sharding import Mesh
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.prompts import PromptFormat
 from jaxrl_reason.data.tokenizer import Tokenizer
-from jaxrl_reason.evaluation.evaluate import EvalConfig, Scorer, evaluate_policy, generate
+from jaxrl_reason.evaluation.evaluate import (
+    EvalConfig,
+    Scorer,
+    evaluate_policy,
+    generate,
+    sampling_config,
+)
 from jaxrl_reason.model import ModelConfig
 from jaxrl_reason.sampling import Sampler, SamplingConfig
+from jaxrl_reason.sampling.text import TextSampler
 from jaxrl_reason.training.checkpointing import Checkpointer
-
-if TYPE_CHECKING:
-    from jaxrl_reason.sampling.text import TextSampler
 
 
 @dataclasses.dataclass(eq=False)
@@ -41,21 +45,13 @@ class Policy:
 
     @functools.cached_property
     def text_sampler(self) -> TextSampler:
-        from jaxrl_reason.sampling.text import TextSampler
-
         sampler = Sampler(self.model_config, pad_id=self.tokenizer.pad_id, mesh=self.mesh)
         return TextSampler(sampler, self.tokenizer)
 
     def sampling_config(
         self, num_samples: int, temperature: float, max_new_tokens: int
     ) -> SamplingConfig:
-        return SamplingConfig(
-            num_samples=num_samples,
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            eos_ids=(self.tokenizer.eos_id,),
-            batch_bucket=8,
-        )
+        return sampling_config(num_samples, temperature, max_new_tokens, self.tokenizer.eos_id)
 
     def sample(
         self,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -44,11 +43,6 @@ def flat_summary(result: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in result["summary"].items() if not k.endswith("_ci")}
 
 
-def supervised_steps(num_examples: int, batch_size: int, epochs: float) -> int:
-    """Train steps for `epochs` passes over `num_examples` (batches drop the remainder)."""
-    return max(1, math.ceil(epochs * max(1, num_examples // batch_size)))
-
-
 def phase_optimizer(optimizer: OptimizerConfig, num_steps: int) -> OptimizerConfig:
     """`optimizer` with its schedule fitted to a phase of `num_steps` steps.
 
@@ -81,7 +75,7 @@ def run_sft(
             f"SFTConfig.batch_size={cfg.batch_size} must be a multiple of the "
             f"mesh's {shards} batch shards (data x fsdp)"
         )
-    make_batches = lambda: SupervisedBatches(
+    batches = SupervisedBatches(
         train_examples,
         policy.tokenizer,
         policy.prompt_format,
@@ -90,7 +84,7 @@ def run_sft(
         seed=cfg.seed,
         length_multiple=cfg.length_multiple,
     )
-    steps_per_epoch = make_batches().batches_per_epoch
+    steps_per_epoch = batches.batches_per_epoch
     num_steps = max(1, round(cfg.num_epochs * steps_per_epoch))
     eval_fn = None
     if cfg.evaluate_each_epoch and eval_examples:
@@ -108,7 +102,7 @@ def run_sft(
     state = train_sft(
         policy.model_config,
         params,
-        make_batches,
+        lambda: batches,
         phase_optimizer(optimizer, num_steps),
         workdir,
         num_steps,

@@ -47,6 +47,19 @@ def greedy_only(cfg: EvalConfig) -> EvalConfig:
     return dataclasses.replace(cfg, num_samples=0)
 
 
+def sampling_config(
+    num_samples: int, temperature: float, max_new_tokens: int, eos_id: int
+) -> SamplingConfig:
+    """How evaluation and the algorithms sample: stop at EOS, prompt counts bucketed by 8."""
+    return SamplingConfig(
+        num_samples=num_samples,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        eos_ids=(eos_id,),
+        batch_bucket=8,
+    )
+
+
 def generate(
     text_sampler: Any,
     params: Any,
@@ -81,13 +94,7 @@ def evaluate_policy(
         raise ValueError("evaluate_policy: no examples to evaluate")
     prompts = [prompt_format.format(ex.question) for ex in examples]
     rng = jax.random.key(cfg.seed)
-    base = SamplingConfig(
-        num_samples=1,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=0.0,
-        eos_ids=(eos_id,),
-        batch_bucket=8,
-    )
+    base = sampling_config(1, 0.0, cfg.max_new_tokens, eos_id)
     stops = prompt_format.stop_sequences
     greedy = generate(
         text_sampler, params, prompts, base, jax.random.fold_in(rng, 0), cfg.prompts_per_call, stops

@@ -67,8 +67,7 @@ class FakePolicy:
 def test_rounds_start_from_initial_or_previous_params(tmp_path, monkeypatch, retrain_from_initial):
     starts, datasets = [], []
 
-    def fake_train(policy, start, dataset, by_id, cfg, opt, ei_dir, r, show, resume_only=False):
-        assert not resume_only
+    def fake_train(policy, start, dataset, by_id, cfg, opt, ei_dir, r, show):
         starts.append(start)
         datasets.append({q: list(s) for q, s in dataset.items()})
         return start + 1  # "training" moves the params
@@ -101,8 +100,8 @@ def test_rounds_start_from_initial_or_previous_params(tmp_path, monkeypatch, ret
 def test_resume_skips_finished_rounds(tmp_path, monkeypatch):
     calls = []
 
-    def fake_train(policy, start, dataset, by_id, cfg, opt, ei_dir, r, show, resume_only=False):
-        calls.append((r, resume_only))
+    def fake_train(policy, start, dataset, by_id, cfg, opt, ei_dir, r, show):
+        calls.append((r, sum(map(len, dataset.values()))))
         return r * 10
 
     monkeypatch.setattr(ei, "_train_round", fake_train)
@@ -117,8 +116,8 @@ def test_resume_skips_finished_rounds(tmp_path, monkeypatch):
     params, history = ei.run_expert_iteration(
         policy, *args, cfg2, OptimizerConfig(), EvalConfig(), tmp_path, False
     )
-    # Round 1 is reloaded (not re-sampled), round 2 runs; the dataset carried over.
-    assert calls == [(1, False), (1, True), (2, False)]
+    # Round 1 is restored with its saved dataset (not re-sampled); round 2 adds to it.
+    assert calls == [(1, 1), (1, 1), (2, 2)]
     assert policy.calls == 2, "round 1 must not be sampled again"
     assert [h["round"] for h in history] == [1, 2]
     assert history[1]["dataset_size"] == 2 and params == 20
