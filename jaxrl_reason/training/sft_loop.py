@@ -59,10 +59,11 @@ def _compiled_step(
     mesh: jax.sharding.Mesh | None,
     rules: Rules | None,
     loss_fn: LossFn | None,
+    heads: tuple[str, ...] = (),
 ) -> tuple[Any, Any, Any]:
     """(tx, train step, param shardings), cached so that repeated calls (EI rounds, resumed
     runs in one process) reuse the compiled step instead of tracing it again."""
-    model = Transformer(model_config)
+    model = Transformer(model_config, heads=heads)
     tx = make_optimizer(optimizer_config)
     shardings = None if mesh is None else model_param_shardings(model, mesh, rules)
     step_fn = make_train_step(
@@ -96,6 +97,7 @@ def train_sft(
     async_save: bool = True,
     show_progress: bool = True,
     phase: str = "sft",
+    heads: tuple[str, ...] = (),
 ) -> TrainState:
     """Train `params` for `num_steps` train-step calls (micro-batches); return the state.
 
@@ -106,6 +108,8 @@ def train_sft(
     `loss_fn` defaults to response cross-entropy. Raises `FloatingPointError` on a
     non-finite loss (after saving the last good state) and `Preempted` (a `SystemExit`)
     after saving on SIGTERM. `phase` names the run in metrics and checkpoint meta.
+    `heads` are the model's scalar heads (e.g. ("reward",) for the ORM with its own
+    `loss_fn`); the params must carry them.
     """
     if num_steps < 0 or checkpoint_every < 1:
         raise ValueError(
@@ -115,7 +119,9 @@ def train_sft(
     if eval_fn is not None and not eval_every:
         raise ValueError("train_sft: eval_fn needs eval_every (a number of steps)")
     workdir = os.fspath(workdir)
-    tx, step_fn, shardings = _compiled_step(model_config, optimizer_config, mesh, rules, loss_fn)
+    tx, step_fn, shardings = _compiled_step(
+        model_config, optimizer_config, mesh, rules, loss_fn, tuple(heads)
+    )
     state = init_train_state(params, tx, mesh, shardings)
     data = batches_iterator_factory()
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=keep, async_save=async_save)

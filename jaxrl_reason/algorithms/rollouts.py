@@ -1,0 +1,150 @@
+"""Rollouts: K sampled solutions per question, as text and as token sequences.
+
+PPO, the ORM and RCRL all start from the same thing: K solutions per question drawn from a
+policy, kept as the exact token ids the sampler produced (cut at the prompt format's stop
+sequences, EOS included when it was sampled), so that log-probs and scores refer to the
+tokens the policy chose, never to a re-tokenisation of their text.
+
+Sequence frame: `sequence_batch` lays the rows out as right-padded [N, T] arrays,
+`[bos] prompt response pad...`, with `response_mask[n, t] = 1` on response tokens. A
+per-token quantity of response token t (its log-prob, its reward, the ORM's score after
+it) sits at slot t; `place_response_values` puts per-row arrays there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxrl_reason.data.example import Example
+from jaxrl_reason.data.pipeline import bucket_length, collate_supervised
+from jaxrl_reason.data.tokenizer import token_char_ends
+from jaxrl_reason.rewards.heuristic import char_offsets_to_token_positions
+from jaxrl_reason.sampling import SamplingConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollouts:
+    """N = B * K sampled solutions, row n = sample n % K of question n // K."""
+
+    examples: list[Example]  # [N] the question of each row
+    texts: list[str]  # [N] completions, cut at the first stop sequence
+    prompt_ids: list[list[int]]  # [N] prompt ids (BOS included)
+    response_ids: list[list[int]]  # [N] kept sampled ids (EOS included when sampled)
+    policy_logprobs: list[np.ndarray]  # [N] raw-policy log-prob of each response id
+    num_samples: int  # K
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def grouped(self) -> list[list[str]]:
+        """The texts as [B][K]."""
+        k = self.num_samples
+        return [self.texts[i : i + k] for i in range(0, len(self.texts), k)]
+
+    def questions(self) -> list[Example]:
+        """The B questions, in order."""
+        return self.examples[:: self.num_samples]
+
+
+def sample_rollouts(
+    policy: Any,
+    params: Any,
+    examples: Sequence[Example],
+    cfg: SamplingConfig,
+    rng: jax.Array,
+    prompts_per_call: int = 64,
+    prompt_format: Any = None,
+) -> Rollouts:
+    """K = `cfg.num_samples` solutions per question from `policy` (an `algorithms.Policy`).
+
+    `prompt_format` overrides the policy's (RCRL conditions the prompt on a return token).
+    Call n of the sampler uses `fold_in(rng, n)`, as evaluation does.
+    """
+    if not examples:
+        raise ValueError("sample_rollouts: no questions to sample")
+    fmt = prompt_format or policy.prompt_format
+    prompts = [fmt.format(ex.question) for ex in examples]
+    k = cfg.num_samples
+    rows: dict[str, list[Any]] = {"texts": [], "prompt_ids": [], "response_ids": [], "lp": []}
+    for n, start in enumerate(range(0, len(prompts), prompts_per_call)):
+        out = policy.text_sampler.generate(
+            params,
+            prompts[start : start + prompts_per_call],
+            cfg,
+            jax.random.fold_in(rng, n),
+            stop_sequences=tuple(fmt.stop_sequences),
+        )
+        for b, ids in enumerate(out.prompt_ids):
+            for j in range(k):
+                m = int(out.num_tokens[b, j])
+                rows["texts"].append(out.texts[b][j])
+                rows["prompt_ids"].append(list(ids))
+                rows["response_ids"].append(out.tokens[b, j, :m].tolist())
+                rows["lp"].append(np.asarray(out.policy_logprobs[b, j, :m], np.float32))
+    return Rollouts(
+        examples=[ex for ex in examples for _ in range(k)],
+        texts=rows["texts"],
+        prompt_ids=rows["prompt_ids"],
+        response_ids=rows["response_ids"],
+        policy_logprobs=rows["lp"],
+        num_samples=k,
+    )
+
+
+def sequence_batch(
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    length_multiple: int = 64,
+    rows_multiple: int = 1,
+) -> dict[str, np.ndarray]:
+    """Right-padded [N', T] arrays: tokens, positions, input_mask, response_mask (int32).
+
+    T is the longest row rounded up to `length_multiple`; N' is N rounded up to
+    `rows_multiple` with empty rows (all masks 0) so a batch splits over a mesh.
+    """
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
+    if not prompt_ids:
+        raise ValueError("sequence_batch: no rows")
+    longest = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
+    pad_rows = -len(prompt_ids) % rows_multiple
+    prompts = [list(p) for p in prompt_ids] + [[]] * pad_rows
+    responses = [list(r) for r in response_ids] + [[]] * pad_rows
+    batch = collate_supervised(prompts, responses, pad_id, bucket_length(longest, length_multiple))
+    batch["response_mask"] = batch.pop("loss_mask").astype(np.int32)
+    return batch
+
+
+def place_response_values(
+    values: Sequence[np.ndarray], prompt_ids: Sequence[Sequence[int]], shape: tuple[int, int]
+) -> np.ndarray:
+    """float32 `shape` array with row n's per-response-token `values[n]` at its response
+    slots (after its prompt), 0 elsewhere."""
+    out = np.zeros(shape, np.float32)
+    for n, (v, p) in enumerate(zip(values, prompt_ids, strict=True)):
+        out[n, len(p) : len(p) + len(v)] = v
+    return out
+
+
+def step_ends(tokenizer: Any, response_ids: Sequence[int], text: str) -> np.ndarray:
+    """bool [len(response_ids)]: the tokens that end a reasoning step.
+
+    A step is a line of the solution: its end is the token that emits the line's last
+    character before a newline (as for the dense heuristic reward), and the last response
+    token (EOS when sampled) ends the final step.
+    """
+    ends = np.zeros(len(response_ids), np.bool_)
+    if not len(response_ids):
+        return ends
+    offsets = [i for i, ch in enumerate(text) if ch == "\n" and i > 0]
+    char_ends = token_char_ends(tokenizer, response_ids)
+    for pos in char_offsets_to_token_positions(char_ends, offsets):
+        ends[pos] = True
+    ends[-1] = True
+    return ends
