@@ -46,16 +46,38 @@ def bucket_length(n: int, multiple: int = 32, powers_of_two: bool = False) -> in
 
 
 def tokenize_examples(
-    examples: Sequence[Example], tokenizer: Tokenizer, prompt_format: PromptFormat
+    examples: Sequence[Example],
+    tokenizer: Tokenizer,
+    prompt_format: PromptFormat | None,
+    prompts: Sequence[str] | None = None,
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """(prompt ids with bos, response ids with eos) per example."""
-    prompts = tokenizer.encode_batch(
-        [prompt_format.format(ex.question) for ex in examples], add_bos=True
+    """(prompt ids with bos, response ids with eos) per example.
+
+    The prompt of example i is `prompt_format.format(question)`, or `prompts[i]` when
+    per-example prompt texts are given (e.g. RCRL's prompts, each with its return token).
+    """
+    prompt_ids = tokenizer.encode_batch(
+        prompt_texts(examples, prompt_format, prompts), add_bos=True
     )
     responses = tokenizer.encode_batch(
         [ex.solution for ex in examples], add_bos=False, add_eos=True
     )
-    return prompts, responses
+    return prompt_ids, responses
+
+
+def prompt_texts(
+    examples: Sequence[Example],
+    prompt_format: PromptFormat | None,
+    prompts: Sequence[str] | None = None,
+) -> list[str]:
+    """Each example's prompt text: `prompts[i]` when given, else the formatted question."""
+    if prompts is not None:
+        if len(prompts) != len(examples):
+            raise ValueError(f"{len(prompts)} prompt texts for {len(examples)} examples")
+        return list(prompts)
+    if prompt_format is None:
+        raise ValueError("pass a prompt_format or one prompt text per example (prompts=...)")
+    return [prompt_format.format(ex.question) for ex in examples]
 
 
 def collate_supervised(
@@ -92,19 +114,22 @@ class SupervisedBatches:
 
     `length_multiple=None` pads every batch to `max_len` (one compiled shape); an int
     pads each batch to its longest row rounded up to that multiple (capped at max_len).
+    `prompts` (one text per example) replaces `prompt_format` when prompts differ by
+    more than their question.
     """
 
     def __init__(
         self,
         examples: Sequence[Example],
         tokenizer: Tokenizer,
-        prompt_format: PromptFormat,
+        prompt_format: PromptFormat | None,
         batch_size: int,
         max_len: int,
         seed: int = 0,
         length_multiple: int | None = None,
+        prompts: Sequence[str] | None = None,
     ):
-        prompts, responses = tokenize_examples(examples, tokenizer, prompt_format)
+        prompts, responses = tokenize_examples(examples, tokenizer, prompt_format, prompts)
         keep = [i for i in range(len(examples)) if len(prompts[i]) + len(responses[i]) <= max_len]
         self.num_dropped = len(examples) - len(keep)
         if self.num_dropped:
