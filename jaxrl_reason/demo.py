@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from jaxrl_reason.algorithms.expert_iteration import ExpertIterationConfig
+from jaxrl_reason.algorithms.orm_training import ORMConfig
+from jaxrl_reason.algorithms.ppo import PPOConfig
+from jaxrl_reason.algorithms.rcrl import RCRLConfig
 from jaxrl_reason.algorithms.sft import SFTConfig
 from jaxrl_reason.evaluation.evaluate import EvalConfig
 from jaxrl_reason.evaluation.report import markdown_table
@@ -34,6 +37,9 @@ class DemoScale:
     model: ModelConfig
     sft: SFTConfig
     ei: ExpertIterationConfig
+    ppo: PPOConfig
+    rcrl: RCRLConfig
+    orm: ORMConfig
     evaluation: EvalConfig
     learning_rate: float
     warmup_steps: int
@@ -75,6 +81,41 @@ SCALES = {
             retrain_from_initial=True,
             prompts_per_call=250,
         ),
+        ppo=PPOConfig(
+            num_iterations=8,
+            prompts_per_iteration=64,
+            samples_per_prompt=2,
+            temperature=0.7,
+            max_new_tokens=128,
+            epochs_per_iteration=2,
+            minibatch_size=32,
+            learning_rate=1e-4,
+            kl_coef=0.05,
+            prompts_per_call=64,
+            eval_every=4,
+        ),
+        rcrl=RCRLConfig(
+            num_rounds=2,
+            samples_per_question=4,
+            temperature=0.7,
+            max_new_tokens=128,
+            questions_per_round=500,
+            epochs_per_round=2.0,
+            learning_rate=1e-3,
+            batch_size=32,
+            max_len=192,
+            prompts_per_call=250,
+        ),
+        orm=ORMConfig(
+            samples_per_question=4,
+            temperature=0.7,
+            max_new_tokens=128,
+            num_questions=500,
+            epochs=2.0,
+            batch_size=32,
+            learning_rate=1e-3,
+            prompts_per_call=250,
+        ),
         evaluation=EvalConfig(
             num_samples=8, temperature=0.7, max_new_tokens=128, prompts_per_call=100
         ),
@@ -105,6 +146,33 @@ SCALES = {
             max_len=192,
             prompts_per_call=16,
         ),
+        ppo=PPOConfig(
+            num_iterations=2,
+            prompts_per_iteration=8,
+            samples_per_prompt=2,
+            max_new_tokens=32,
+            epochs_per_iteration=1,
+            minibatch_size=8,
+            prompts_per_call=8,
+        ),
+        rcrl=RCRLConfig(
+            num_rounds=1,
+            samples_per_question=2,
+            max_new_tokens=32,
+            questions_per_round=16,
+            epochs_per_round=1.0,
+            batch_size=8,
+            max_len=192,
+            prompts_per_call=16,
+        ),
+        orm=ORMConfig(
+            samples_per_question=2,
+            max_new_tokens=32,
+            num_questions=16,
+            epochs=1.0,
+            batch_size=8,
+            prompts_per_call=16,
+        ),
         evaluation=EvalConfig(
             num_samples=2, temperature=0.7, max_new_tokens=32, prompts_per_call=8
         ),
@@ -117,6 +185,7 @@ SCALES = {
 def run_demo(
     workdir: str | os.PathLike = "workdirs/demo",
     algorithms: Sequence[str] = ("sft", "ei"),
+    ppo_rewards: Sequence[str] = ("sparse", "dense", "orm"),
     scale: str = "default",
     seed: int = 0,
     show_progress: bool = True,
@@ -137,6 +206,10 @@ def run_demo(
         seed=seed,
         sft=dataclasses.replace(s.sft, seed=seed),
         ei=dataclasses.replace(s.ei, seed=seed),
+        ppo=dataclasses.replace(s.ppo, seed=seed),
+        ppo_rewards=ppo_rewards,
+        rcrl=dataclasses.replace(s.rcrl, seed=seed),
+        orm=dataclasses.replace(s.orm, seed=seed),
         optimizer=OptimizerConfig(learning_rate=s.learning_rate, warmup_steps=s.warmup_steps),
         evaluation=dataclasses.replace(s.evaluation, seed=seed),
         show_progress=show_progress,

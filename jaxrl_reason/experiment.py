@@ -1,4 +1,4 @@
-"""One experiment in one workdir: task, tokenizer, model, then SFT and/or Expert Iteration.
+"""One experiment in one workdir: task, tokenizer, model, then SFT and the RL algorithms.
 
 `jaxrl-reason train CONFIG.gin --workdir DIR` calls `run_from_config`; the demo calls
 `train_experiment` with its built-in settings. The workdir holds:
@@ -6,7 +6,9 @@
   run.json              model config, tokenizer path, prompt format, task (for `eval`)
   config.gin            the resolved gin config
   tokenizer.model       when the tokenizer was trained for this run
-  sft/ ei/              each algorithm's checkpoints, metrics and state
+  sft/ ei/ rcrl/        each algorithm's checkpoints, metrics and state
+  ppo_<reward>/         one PPO run per reward (sparse, dense, orm, dense_orm)
+  orm/                  the outcome reward model: labelled samples, checkpoints, orm/
   policy/               params after each finished phase (`eval --step N` reads these)
   results.json / .md    one row per method: maj@1, maj@K, rerank@K, pass@K, samples drawn
   eval.json             written by `jaxrl-reason eval`
@@ -17,6 +19,7 @@ Re-running the same command on the same workdir resumes every phase where it sto
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -28,19 +31,28 @@ import gin
 import jax
 
 from jaxrl_reason.algorithms.expert_iteration import ExpertIterationConfig, run_expert_iteration
+from jaxrl_reason.algorithms.orm_training import (
+    ORMConfig,
+    ORMScorer,
+    load_orm,
+    run_orm_training,
+)
 from jaxrl_reason.algorithms.policy import Policy, load_policy, save_policy
+from jaxrl_reason.algorithms.ppo import PPO_REWARDS, PPOConfig, run_ppo
+from jaxrl_reason.algorithms.rcrl import RCRLConfig, rcrl_policy, run_rcrl
+from jaxrl_reason.algorithms.return_conditioning import return_tokens
 from jaxrl_reason.algorithms.sft import SFTConfig, flat_summary, run_sft
 from jaxrl_reason.data.prompts import PromptFormat, prompt_format
 from jaxrl_reason.data.tasks import load_task
 from jaxrl_reason.data.tokenizer import load_tokenizer, train_tokenizer_for_task
-from jaxrl_reason.evaluation.evaluate import EvalConfig
+from jaxrl_reason.evaluation.evaluate import EvalConfig, Scorer
 from jaxrl_reason.evaluation.report import markdown_table, plot_accuracy_vs_samples, write_json
 from jaxrl_reason.model import ModelConfig, init_params, model_config, param_logical_axes
 from jaxrl_reason.parallel import logical_shardings, make_mesh
 from jaxrl_reason.training.optimizer import OptimizerConfig
 
 log = logging.getLogger(__name__)
-ALGORITHMS = ("sft", "ei")
+ALGORITHMS = ("sft", "ei", "ppo", "rcrl", "orm")
 
 
 def _task_kwargs(task: str, data_dir: str | None, seed: int) -> dict[str, Any]:
@@ -115,7 +127,7 @@ def _load_pretrained(path: str, mesh: Any) -> tuple[ModelConfig, Any]:
 def train_experiment(
     workdir: str | os.PathLike,
     task: str = "arith",
-    algorithms: Sequence[str] = ALGORITHMS,
+    algorithms: Sequence[str] = ("sft", "ei"),
     data_dir: str | None = None,
     num_train: int | None = None,
     num_eval: int | None = 200,
@@ -128,23 +140,35 @@ def train_experiment(
     seed: int = 0,
     sft: SFTConfig | None = None,
     ei: ExpertIterationConfig | None = None,
+    ppo: PPOConfig | None = None,
+    ppo_rewards: Sequence[str] = ("sparse", "dense", "orm"),
+    rcrl: RCRLConfig | None = None,
+    orm: ORMConfig | None = None,
     optimizer: OptimizerConfig | None = None,
     evaluation: EvalConfig | None = None,
     show_progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run the configured algorithms in order (EI starts from SFT's result if both run).
+    """Run the configured algorithms; every RL method starts from SFT's result if SFT runs.
 
+    `algorithms` is a subset of ALGORITHMS. "ppo" runs one PPO per entry of `ppo_rewards`
+    (PPO_REWARDS). The ORM is trained (from the start policy's samples) when "orm" is
+    listed or a PPO reward needs it; once trained, every evaluation reports rerank@K.
     `model` defaults to gin's `model_config()` (its vocab_size is set from the tokenizer);
     `init_checkpoint` (an `import-hf` output directory) replaces it with a pretrained model.
     `prompt` is "zero_shot" or "few_shot" (`num_shots` train exemplars, for a pretrained
     start). Returns the results rows (also written to results.json / .md / .png).
     """
     unknown = [a for a in algorithms if a not in ALGORITHMS]
+    unknown += [f"ppo reward {r}" for r in ppo_rewards if r not in PPO_REWARDS]
     if unknown:
-        raise ValueError(f"unknown algorithm(s) {unknown}; this build runs {ALGORITHMS}")
+        raise ValueError(
+            f"unknown algorithm(s) {unknown}; choose from {ALGORITHMS} and PPO rewards "
+            f"from {PPO_REWARDS}"
+        )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    sft, ei = sft or SFTConfig(), ei or ExpertIterationConfig()
+    sft, ei, rcrl = sft or SFTConfig(), ei or ExpertIterationConfig(), rcrl or RCRLConfig()
+    ppo, orm = ppo or PPOConfig(), orm or ORMConfig()
     optimizer, evaluation = optimizer or OptimizerConfig(), evaluation or EvalConfig()
     train, test = load_examples(task, data_dir, seed, num_train, num_eval)
 
@@ -155,6 +179,7 @@ def train_experiment(
                 task,
                 tokenizer_path,
                 vocab_size=tokenizer_vocab_size,
+                user_defined_symbols=return_tokens(rcrl.num_bins),
                 **_task_kwargs(task, data_dir, seed),
             )
     tokenizer = load_tokenizer(tokenizer_path)
@@ -178,28 +203,86 @@ def train_experiment(
     write_json(workdir / "run.json", run)
 
     rows, curves = [], {}
+    start = params
     if "sft" in algorithms:
-        params, history = run_sft(
+        start, _ = run_sft(
             policy, params, train, test, sft, optimizer, evaluation, workdir / "sft", show_progress
         )
-        result = _final_eval(policy, params, test, evaluation, workdir, "sft", 0)
-        rows.append({"method": "SFT", **result["summary"], "samples": 0})
-        curves["SFT"] = [(0, result["summary"]["maj@1"])]
-        log.info("SFT per-epoch maj@1: %s", [round(h.get("maj@1", 0), 3) for h in history])
+    scorer = None
+    ppo_runs = list(ppo_rewards) if "ppo" in algorithms else []
+    if "orm" in algorithms or any(r in ("orm", "dense_orm") for r in ppo_runs):
+        orm_params, summary = run_orm_training(
+            policy, start, train, orm, optimizer, workdir / ORM_DIR, show_progress
+        )
+        scorer = ORMScorer(policy, orm_params)
+        log.info("ORM: %s", summary)
+    finish = functools.partial(_finish, policy, test, evaluation, workdir, scorer, rows, curves)
+    if "sft" in algorithms:
+        finish("SFT", "sft", start, [])
     if "ei" in algorithms:
         params, history = run_expert_iteration(
-            policy, params, train, test, ei, optimizer, evaluation, workdir, show_progress
+            policy, start, train, test, ei, optimizer, evaluation, workdir, show_progress
         )
-        drawn = history[-1]["samples_drawn"] if history else 0
         last_round = workdir / "ei" / f"eval_round_{len(history)}.json"
-        result = _final_eval(policy, params, test, evaluation, workdir, "ei", drawn, last_round)
-        rows.append({"method": "EI", **result["summary"], "samples": drawn})
-        curves["EI"] = [
-            *curves.get("SFT", []),
-            *[(h["samples_drawn"], h["eval"].get("maj@1", 0.0)) for h in history],
-        ]
+        finish("EI", "ei", params, history, None if scorer else last_round)
+    for reward in ppo_runs:
+        cfg = dataclasses.replace(ppo, reward=reward)
+        phase = f"ppo_{reward}"
+        params, history = run_ppo(
+            policy,
+            start,
+            train,
+            test,
+            cfg,
+            optimizer,
+            evaluation,
+            workdir / phase,
+            orm_scorer=scorer,
+            show_progress=show_progress,
+        )
+        finish(f"PPO {PPO_NAMES[reward]}", phase, params, history)
+    if "rcrl" in algorithms:
+        params, history = run_rcrl(
+            policy, start, train, test, rcrl, optimizer, evaluation, workdir, show_progress
+        )
+        last_round = workdir / "rcrl" / f"eval_round_{len(history)}.json"
+        conditioned = rcrl_policy(policy, rcrl.num_bins)
+        finish("RCRL", "rcrl", params, history, None if scorer else last_round, conditioned)
     write_results(workdir, rows, curves, evaluation.num_samples)
     return rows
+
+
+ORM_DIR = "orm"  # run_orm_training's directory in a run
+PPO_NAMES = {"sparse": "sparse", "dense": "dense", "orm": "ORM", "dense_orm": "dense ORM"}
+
+
+def _finish(
+    policy: Policy,
+    test: Sequence,
+    evaluation: EvalConfig,
+    workdir: Path,
+    scorer: Any,
+    rows: list[dict[str, Any]],
+    curves: dict[str, list[tuple[int, float]]],
+    method: str,
+    phase: str,
+    params: Any,
+    history: list[dict[str, Any]],
+    done: Path | None = None,
+    eval_policy: Policy | None = None,
+) -> None:
+    """Evaluate a finished method, add its row and its maj@1-against-samples curve."""
+    drawn = history[-1]["samples_drawn"] if history else 0
+    result = _final_eval(
+        eval_policy or policy, params, test, evaluation, workdir, phase, drawn, done, scorer
+    )
+    rows.append({"method": method, **result["summary"], "samples": drawn})
+    points = [
+        (h["samples_drawn"], h["eval"]["maj@1"]) for h in history if "maj@1" in h.get("eval", {})
+    ]
+    curves[method] = (
+        [*curves.get("SFT", []), *points] if history else [(0, result["summary"]["maj@1"])]
+    )
 
 
 def _final_eval(
@@ -211,10 +294,12 @@ def _final_eval(
     phase: str,
     samples_drawn: int,
     done: Path | None = None,
+    scorer: Scorer | None = None,
 ) -> dict[str, Any]:
     """Evaluate a finished phase once (cached in workdir/<phase>_eval.json) and save it.
 
     `done`: an evaluation of these params already on disk (e.g. EI's last round), reused.
+    `scorer` (a trained ORM) adds rerank@K.
     """
     path = workdir / f"{phase}_eval.json"
     if path.exists():
@@ -222,7 +307,7 @@ def _final_eval(
     if done is not None and done.exists():
         result = json.loads(done.read_text())
     else:
-        result = policy.evaluate(params, test, cfg)
+        result = policy.evaluate(params, test, cfg, scorer)
     save_policy(
         workdir, params, {"phase": phase, "samples_drawn": samples_drawn, **flat_summary(result)}
     )
@@ -282,6 +367,23 @@ def load_run(
     return policy, params, meta
 
 
+def _orm_scorer(run_dir: Path, required: bool) -> ORMScorer | None:
+    """The ORM trained in run directory `run_dir` (its `orm/`), or None if it has none."""
+    if not (run_dir / ORM_DIR / "orm").is_dir():
+        if required:
+            raise FileNotFoundError(
+                f"{run_dir} holds no trained ORM ({run_dir / ORM_DIR / 'orm'} is missing): "
+                "train one with algorithms including 'orm' or a PPO ORM reward"
+            )
+        return None
+    run_path = run_dir / "run.json"
+    if not run_path.exists():
+        raise FileNotFoundError(f"{run_path} not found: {run_dir} is not a jaxrl_reason run")
+    policy = _policy_from_run(json.loads(run_path.read_text()), _mesh_or_none())
+    params, _ = load_orm(run_dir / ORM_DIR, policy)
+    return ORMScorer(policy, params)
+
+
 def evaluate_workdir(
     workdir: str | os.PathLike,
     task: str,
@@ -293,18 +395,18 @@ def evaluate_workdir(
     max_new_tokens: int = 256,
     orm_workdir: str | None = None,
 ) -> dict[str, Any]:
-    """`jaxrl-reason eval`: evaluate a saved policy of a run and write `eval.json`."""
-    if orm_workdir is not None:
-        raise ValueError(
-            "rerank@K needs a trained outcome reward model, which this build "
-            "does not train yet; omit --orm_workdir"
-        )
+    """`jaxrl-reason eval`: evaluate a saved policy of a run and write `eval.json`.
+
+    rerank@K uses the ORM trained in `orm_workdir` (a run directory), by default the
+    run's own ORM when it trained one.
+    """
     policy, params, meta = load_run(workdir, step)
+    scorer = _orm_scorer(Path(orm_workdir or workdir), required=orm_workdir is not None)
     run = json.loads((Path(workdir) / "run.json").read_text())
     data_dir = data_dir or run.get("data_dir")
     _, test = load_examples(task, data_dir, 0, None, num_questions)
     cfg = EvalConfig(num_samples=k, temperature=temperature, max_new_tokens=max_new_tokens)
-    result = policy.evaluate(params, test, cfg)
+    result = policy.evaluate(params, test, cfg, scorer)
     result.update(task=task, policy_meta=meta, workdir=str(workdir))
     write_json(Path(workdir) / "eval.json", result)
     row = {
