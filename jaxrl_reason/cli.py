@@ -36,6 +36,7 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(
         args.workdir,
         algorithms=tuple(a for a in args.algorithms.split(",") if a),
+        ppo_rewards=tuple(r for r in args.ppo_rewards.split(",") if r),
         scale=args.scale,
         seed=args.seed,
     )
@@ -99,13 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_questions", type=int, default=None, help="evaluate the first N only")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--max_new_tokens", type=int, default=256)
-    p.add_argument("--orm_workdir", default=None, help="a trained ORM run, for rerank@K")
+    p.add_argument(
+        "--orm_workdir",
+        default=None,
+        help="a run directory holding a trained ORM, for rerank@K (default: this run's own ORM, "
+        "if it trained one)",
+    )
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("demo", help="the built-in end-to-end demo on the `arith` task")
     p.add_argument("--workdir", default="workdirs/demo")
     p.add_argument(
-        "--algorithms", default="sft,ei", help="comma-separated subset of sft,ei,ppo,rcrl"
+        "--algorithms",
+        default="sft,ei",
+        help="comma-separated subset of sft,ei,ppo,rcrl,orm (ppo runs once per --ppo_rewards; "
+        "the ORM is trained when a PPO reward needs it or 'orm' is listed)",
+    )
+    p.add_argument(
+        "--ppo_rewards",
+        default="sparse,dense,orm",
+        help="comma-separated PPO rewards: sparse, dense, orm, dense_orm",
     )
     p.add_argument(
         "--scale",

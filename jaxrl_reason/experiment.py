@@ -401,6 +401,9 @@ def evaluate_workdir(
     run's own ORM when it trained one.
     """
     policy, params, meta = load_run(workdir, step)
+    if meta.get("phase") == "rcrl":  # an RCRL policy answers prompts with the best token
+        state = json.loads((Path(workdir) / "rcrl" / "state.json").read_text())
+        policy = rcrl_policy(policy, state["num_bins"])
     scorer = _orm_scorer(Path(orm_workdir or workdir), required=orm_workdir is not None)
     run = json.loads((Path(workdir) / "run.json").read_text())
     data_dir = data_dir or run.get("data_dir")

@@ -2,7 +2,7 @@
 # Train on this machine's GPU(s): a venv with CUDA JAX (`.[cuda]`), then one config.
 #
 #   launch/gpu_local.sh CONFIG WORKDIR [more jaxrl-reason args, e.g. --gin_param ...]
-#   e.g. launch/gpu_local.sh configs/experiments/sft_arith_tiny.gin runs/sft-tiny
+#   e.g. launch/gpu_local.sh configs/experiments/demo.gin runs/demo
 #
 # Use configs/parallel/gpu_1.gin (in the experiment, or as an extra config) for one GPU.
 # Re-running the same command resumes from the last checkpoint in WORKDIR.

@@ -3,16 +3,18 @@
 # host, install it with TPU JAX, and run the same command on all hosts at once
 # (`--worker=all`). JAX joins the hosts into one job by itself (jax.distributed).
 #
-#   launch/tpu_pod.sh CONFIG gs://BUCKET/RUN [more jaxrl-reason args, e.g. --gin_param ...]
-#   e.g. launch/tpu_pod.sh configs/experiments/ei_gsm8k_7b.gin gs://my-bucket/ei-7b
+#   launch/tpu_pod.sh CONFIG WORKDIR [more jaxrl-reason args, e.g. --gin_param ...]
+#   WORKDIR must be a directory every host sees, e.g. a gcsfuse mount of a bucket
+#   (gs:// URLs are not supported yet: the run code uses local paths).
+#   e.g. launch/tpu_pod.sh configs/experiments/gsm8k_llama2_7b_sft_ei.gin /mnt/runs/gsm8k-7b-ei
 #
 # Settings (environment): TPU_NAME, ZONE, ACCELERATOR (v4-32, v5litepod-256, ...),
 # RUNTIME (the TPU VM image), PROJECT (default: gcloud's). Re-running the same command
 # resumes from the last checkpoint in the workdir, e.g. after a preemption.
 set -euo pipefail
 
-CONFIG=${1:?usage: $0 CONFIG gs://BUCKET/RUN [jaxrl-reason args]}
-WORKDIR=${2:?usage: $0 CONFIG gs://BUCKET/RUN [jaxrl-reason args]}
+CONFIG=${1:?usage: $0 CONFIG WORKDIR [jaxrl-reason args]}
+WORKDIR=${2:?usage: $0 CONFIG WORKDIR [jaxrl-reason args]}
 shift 2
 TPU_NAME=${TPU_NAME:-jaxrl-reason}
 ZONE=${ZONE:-us-central2-b}
@@ -21,8 +23,12 @@ RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
 TPU=(gcloud compute tpus tpu-vm)
 FLAGS=(--zone "$ZONE" ${PROJECT:+--project "$PROJECT"})
 
-# Every host reads and writes the same workdir, so it must be shared storage.
-[[ $WORKDIR == gs://* ]] || { echo "workdir must be a gs:// path, got $WORKDIR" >&2; exit 1; }
+# Every host reads and writes the same workdir, so it must be shared storage mounted at the
+# same absolute path on every host (e.g. gcsfuse); gs:// URLs are not read by the run code.
+[[ $WORKDIR == /* ]] || {
+  echo "workdir must be an absolute path on storage every host mounts, got $WORKDIR" >&2
+  exit 1
+}
 
 # 1. The pod slice.
 if ! "${TPU[@]}" describe "$TPU_NAME" "${FLAGS[@]}" >/dev/null 2>&1; then
