@@ -29,14 +29,21 @@ def test_help_lists_every_subcommand():
         assert command in out.stdout
 
 
+ALL = ("--algorithms", "sft,ei,ppo,rcrl", "--ppo_rewards", "sparse,dense,orm,dense_orm")
+
+
 def test_smoke_demo_then_eval_then_resume(tmp_path):
     workdir = tmp_path / "demo"
-    out = run_cli("demo", "--workdir", str(workdir), "--scale", "smoke")
+    out = run_cli("demo", "--workdir", str(workdir), "--scale", "smoke", *ALL)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
-    assert [r["method"] for r in results["rows"]] == ["SFT", "EI"]
-    ei_row = results["rows"][1]
-    assert ei_row["samples"] > 0 and 0.0 <= ei_row["pass@K"] <= 1.0
+    methods = ["SFT", "EI", "PPO sparse", "PPO dense", "PPO ORM", "PPO dense ORM", "RCRL"]
+    assert [r["method"] for r in results["rows"]] == methods
+    for row in results["rows"][1:]:
+        assert row["samples"] > 0 and 0.0 <= row["pass@K"] <= 1.0
+    # The ORM was trained (a PPO reward needs it), so every row has rerank@K.
+    assert all(0.0 <= row["rerank@K"] <= 1.0 for row in results["rows"])
+    assert set(results["curves"]) == set(methods)
     assert (workdir / "results.png").stat().st_size > 0
     assert "| SFT |" in (workdir / "results.md").read_text()
     for row in results["rows"]:  # the interval holds the estimate
@@ -59,11 +66,17 @@ def test_smoke_demo_then_eval_then_resume(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     evaluation = json.loads((workdir / "eval.json").read_text())
     assert evaluation["num_questions"] == 4 and evaluation["k"] == 2
-    assert evaluation["policy_meta"]["phase"] == "ei"
+    assert evaluation["policy_meta"]["phase"] == "rcrl"
+    assert "rerank@2" in evaluation["summary"]  # the run's own ORM
+    out = run_cli(
+        "eval", "--workdir", str(workdir), "--task", "arith", "--orm_workdir", str(tmp_path)
+    )
+    assert out.returncode == 2 and "holds no trained ORM" in out.stderr
+    assert json.loads((workdir / "eval.json").read_text()) == evaluation  # untouched
 
     # Re-running on a finished workdir resumes every phase: no new training, same table.
     before = (workdir / "results.json").read_text()
-    out = run_cli("demo", "--workdir", str(workdir), "--scale", "smoke")
+    out = run_cli("demo", "--workdir", str(workdir), "--scale", "smoke", *ALL)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from step" in out.stderr
     assert json.loads((workdir / "results.json").read_text()) == json.loads(before)

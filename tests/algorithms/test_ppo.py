@@ -221,3 +221,30 @@ def test_orm_reward_without_an_orm_is_refused(tiny_policy, tiny_params, arith_ex
     with pytest.raises(ValueError, match="needs a trained ORM"):
         ppo.run_ppo(tiny_policy, tiny_params, arith_examples, [], cfg, OPT, EVAL, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+class StopAtOnce:
+    """A PreemptionGuard whose SIGTERM has already arrived."""
+
+    should_stop = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_sigterm_saves_after_the_iteration_and_resumes(
+    tiny_policy, tiny_params, arith_examples, tmp_path, monkeypatch
+):
+    from jaxrl_reason.training.preemption import Preempted
+
+    cfg = dataclasses.replace(SMALL, checkpoint_every=100)
+    monkeypatch.setattr(ppo, "PreemptionGuard", StopAtOnce)
+    with pytest.raises(Preempted, match="saved PPO after iteration 1"):
+        ppo.run_ppo(tiny_policy, tiny_params, arith_examples, [], cfg, OPT, EVAL, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+    monkeypatch.undo()
+    _, history = ppo.run_ppo(tiny_policy, tiny_params, arith_examples, [], cfg, OPT, EVAL, tmp_path)
+    assert [h["iteration"] for h in history] == [1, 2]
