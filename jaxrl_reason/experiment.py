@@ -31,12 +31,8 @@ import gin
 import jax
 
 from jaxrl_reason.algorithms.expert_iteration import ExpertIterationConfig, run_expert_iteration
-from jaxrl_reason.algorithms.orm_training import (
-    ORMConfig,
-    ORMScorer,
-    load_orm,
-    run_orm_training,
-)
+from jaxrl_reason.algorithms.orm_scoring import ORMScorer, load_orm
+from jaxrl_reason.algorithms.orm_training import ORMConfig, run_orm_training
 from jaxrl_reason.algorithms.policy import Policy, load_policy, save_policy
 from jaxrl_reason.algorithms.ppo import PPO_REWARDS, PPOConfig, run_ppo
 from jaxrl_reason.algorithms.rcrl import RCRLConfig, rcrl_policy, run_rcrl

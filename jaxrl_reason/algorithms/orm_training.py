@@ -9,7 +9,7 @@ Workdir layout (`run_orm_training`):
   samples.jsonl      the labelled samples, exact token ids (written once, atomically)
   checkpoints/       train_sft's resumable train-state checkpoints
   metrics.jsonl, tb/ per-step training metrics (phase "orm")
-  orm/               the trained ORM params and summary (`save_orm` / `load_orm`)
+  orm/               the trained ORM params and summary (`orm_scoring.load_orm`)
   summary.json       the summary returned
 Re-running the same call reuses `samples.jsonl` (no resampling) and resumes or restores
 the training from `checkpoints/`.
@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl_reason.algorithms.orm_scoring import ORM_HEADS, save_orm
 from jaxrl_reason.algorithms.policy import Policy
 from jaxrl_reason.algorithms.rollouts import (
     place_response_values,
@@ -41,21 +42,17 @@ from jaxrl_reason.algorithms.rollouts import (
 )
 from jaxrl_reason.algorithms.sft import phase_optimizer
 from jaxrl_reason.data.example import Example
-from jaxrl_reason.data.pipeline import bucket_length
 from jaxrl_reason.evaluation.report import write_atomic, write_json
-from jaxrl_reason.model import ModelConfig, Transformer, init_params, param_logical_axes
+from jaxrl_reason.model import ModelConfig, Transformer, init_params
 from jaxrl_reason.model.transformer import HEAD_NAMES
-from jaxrl_reason.parallel import activation_sharding, batch_shards, logical_shardings
+from jaxrl_reason.parallel import batch_shards
 from jaxrl_reason.rewards.grading import is_correct
-from jaxrl_reason.rewards.orm import final_scores, orm_loss_fn, orm_token_labels
-from jaxrl_reason.training.checkpointing import Checkpointer
+from jaxrl_reason.rewards.orm import orm_loss_fn, orm_token_labels
 from jaxrl_reason.training.metrics_writer import read_metrics
 from jaxrl_reason.training.optimizer import OptimizerConfig
 from jaxrl_reason.training.sft_loop import train_sft
-from jaxrl_reason.training.train_step import shard_batch
 
 log = logging.getLogger(__name__)
-ORM_HEADS = ("reward",)
 PHASE = "orm"
 
 
@@ -354,159 +351,3 @@ def run_orm_training(
     save_orm(workdir, state.params, summary)
     write_json(workdir / "summary.json", summary)
     return state.params, summary
-
-
-@functools.lru_cache(maxsize=8)
-def _scoring_fn(config: ModelConfig) -> Any:
-    """Jitted `(params, batch) -> (final [N], sigmoid of every logit [N, T])`."""
-    model = Transformer(config, heads=ORM_HEADS)
-
-    def score(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        out = model.apply(
-            {"params": params},
-            batch["tokens"],
-            batch["positions"],
-            batch["input_mask"],
-            return_logits=False,
-        )
-        logits = out.heads["reward"]  # [N, T]
-        return final_scores(logits, batch["response_mask"]), jax.nn.sigmoid(logits)
-
-    return jax.jit(score)
-
-
-def _orm_shardings(config: ModelConfig, mesh: Any) -> Any:
-    return logical_shardings(param_logical_axes(config, ORM_HEADS), mesh)
-
-
-class ORMScorer:
-    """ORM scores of finished samples: a `Scorer` for rerank@K, and token-level scores for
-    PPO's sparse/dense ORM rewards.
-
-    Rows are scored in chunks of at most `rows_per_call`, sorted by length, with the row
-    count bucketed to a power of two (times the mesh's batch shards) and the length to a
-    multiple of `length_multiple`, so few shapes compile.
-    """
-
-    def __init__(
-        self,
-        policy: Policy,
-        orm_params: Any,
-        rows_per_call: int = 64,
-        length_multiple: int = 64,
-    ):
-        self.policy = policy
-        self.mesh = policy.mesh
-        self.shards = batch_shards(self.mesh)
-        self.rows_per_call = -(-rows_per_call // self.shards) * self.shards
-        self.length_multiple = length_multiple
-        if self.mesh is not None:
-            orm_params = jax.device_put(orm_params, _orm_shardings(policy.model_config, self.mesh))
-        self.params = orm_params
-        self._score = _scoring_fn(policy.model_config)
-
-    def __call__(
-        self, examples: Sequence[Example], samples: Sequence[Sequence[str]]
-    ) -> list[list[float]]:
-        """[B][K] scores: the ORM at the last token of `prompt + text + EOS`."""
-        if len(examples) != len(samples):
-            raise ValueError(f"{len(examples)} questions but {len(samples)} rows of samples")
-        tok, fmt = self.policy.tokenizer, self.policy.prompt_format
-        prompts = tok.encode_batch([fmt.format(ex.question) for ex in examples], add_bos=True)
-        flat = [text for row in samples for text in row]
-        responses = tok.encode_batch(flat, add_bos=False, add_eos=True)
-        prompt_rows = [prompts[b] for b, row in enumerate(samples) for _ in row]
-        final, _ = self.score_tokens(prompt_rows, responses)
-        out, start = [], 0
-        for row in samples:
-            out.append([float(x) for x in final[start : start + len(row)]])
-            start += len(row)
-        return out
-
-    def score_tokens(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        response_ids: Sequence[Sequence[int]],
-        step_end_masks: Sequence[np.ndarray] | None = None,
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(final scores [N] float32, per row the scores over its response tokens).
-
-        A row's token scores are the ORM's sigmoid after each response token, kept at its
-        `step_end_masks` (0 elsewhere), or at every token when no masks are given; feed them
-        to `place_response_values` and `rewards.orm.dense_orm_rewards` for dense rewards.
-        """
-        n = len(prompt_ids)
-        if n != len(response_ids):
-            raise ValueError(f"{n} prompts but {len(response_ids)} responses")
-        if step_end_masks is not None:
-            if len(step_end_masks) != n:
-                raise ValueError(f"{len(step_end_masks)} step-end masks for {n} rows")
-            for i, (m, r) in enumerate(zip(step_end_masks, response_ids)):
-                if len(m) != len(r):
-                    raise ValueError(
-                        f"row {i}: step-end mask of length {len(m)} for {len(r)} response tokens"
-                    )
-        final = np.zeros(n, np.float32)
-        steps: list[np.ndarray] = [np.zeros(0, np.float32)] * n
-        order = sorted(range(n), key=lambda i: -(len(prompt_ids[i]) + len(response_ids[i])))
-        for start in range(0, n, self.rows_per_call):
-            rows = order[start : start + self.rows_per_call]
-            prompts = [prompt_ids[i] for i in rows]
-            rows_bucket = bucket_length(len(rows), self.shards, powers_of_two=True)
-            batch = sequence_batch(
-                prompts,
-                [response_ids[i] for i in rows],
-                self.policy.tokenizer.pad_id,
-                self.length_multiple,
-                rows_multiple=min(rows_bucket, self.rows_per_call),
-            )
-            chunk_final, probs = self._run(batch)
-            for j, i in enumerate(rows):
-                final[i] = chunk_final[j]
-                p, r = len(prompt_ids[i]), len(response_ids[i])
-                row = probs[j, p : p + r].astype(np.float32)
-                if step_end_masks is not None:
-                    row = np.where(np.asarray(step_end_masks[i], np.bool_), row, 0.0)
-                steps[i] = row
-        return final, steps
-
-    def _run(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        arrays = shard_batch(batch, self.mesh)
-        if self.mesh is None:
-            out = self._score(self.params, arrays)
-        else:
-            with activation_sharding(self.mesh):
-                out = self._score(self.params, arrays)
-        final, probs = jax.device_get(out)
-        return np.asarray(final, np.float32), np.asarray(probs, np.float32)
-
-
-def save_orm(workdir: str | os.PathLike, params: Any, meta: dict[str, Any]) -> int:
-    """Save the ORM `params` (and JSON `meta`) as `workdir/orm`, replacing an older one."""
-    with Checkpointer(os.path.join(workdir, "orm"), keep=1, async_save=False) as ckpt:
-        latest = ckpt.latest_step()
-        step = 0 if latest is None else latest + 1
-        ckpt.save(step, params, meta, force=True)
-    return step
-
-
-def load_orm(workdir: str | os.PathLike, policy: Policy) -> tuple[Any, dict[str, Any]]:
-    """(params, meta) of the ORM saved in `workdir/orm`, laid out on `policy.mesh`."""
-    directory = os.path.join(workdir, "orm")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(
-            f"no trained ORM in {directory}: train one first (run_orm_training with "
-            f"workdir={os.fspath(workdir)!r})"
-        )
-    config = policy.model_config
-    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0), heads=ORM_HEADS))
-    if policy.mesh is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, shapes)
-    else:
-        shardings = _orm_shardings(config, policy.mesh)
-    target = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
-    )
-    with Checkpointer(directory, keep=1, async_save=False) as ckpt:
-        return ckpt.restore(target)

@@ -45,20 +45,17 @@ from jaxrl_reason.algorithms.kl_control import (
 from jaxrl_reason.algorithms.policy import Policy
 from jaxrl_reason.algorithms.ppo_objective import KL_KINDS, kl_penalty, ppo_losses
 from jaxrl_reason.algorithms.rollouts import (
-    Rollouts,
     place_response_values,
+    rollout_rewards,
     sample_rollouts,
     sequence_batch,
-    step_ends,
 )
 from jaxrl_reason.algorithms.sft import flat_summary
 from jaxrl_reason.data.example import Example
-from jaxrl_reason.data.tokenizer import token_char_ends
 from jaxrl_reason.evaluation.evaluate import EvalConfig, greedy_only
 from jaxrl_reason.model import Transformer
 from jaxrl_reason.parallel import batch_shards
-from jaxrl_reason.rewards.heuristic import dense_reward_per_token, sparse_reward
-from jaxrl_reason.rewards.orm import dense_orm_rewards
+from jaxrl_reason.rewards.heuristic import sparse_reward
 from jaxrl_reason.training.checkpointing import Checkpointer
 from jaxrl_reason.training.metrics_writer import MetricWriter
 from jaxrl_reason.training.optimizer import OptimizerConfig, make_optimizer
@@ -133,51 +130,6 @@ class PPOConfig:
     @property
     def rollouts_per_iteration(self) -> int:
         return self.prompts_per_iteration * self.samples_per_prompt
-
-
-# ----------------------------------------------------------------------------- rewards
-
-
-def rollout_rewards(
-    rollouts: Rollouts,
-    kind: str,
-    tokenizer: Any,
-    shape: tuple[int, int],
-    orm_scorer: Any = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(sequence scores [N'], dense per-token rewards [N', T]) in the sequence frame.
-
-    Rows past the rollouts (mesh padding) get 0. `orm_scorer` (an `ORMScorer`) is needed
-    for "orm" and "dense_orm".
-    """
-    n = len(rollouts)
-    score = np.zeros(shape[0], np.float32)
-    dense = np.zeros(shape, np.float32)
-    references = [ex.solution for ex in rollouts.examples]
-    answers = [ex.answer for ex in rollouts.examples]
-    if kind in ("sparse", "dense"):
-        score[:n] = sparse_reward(rollouts.texts, answers)
-    if kind == "dense":
-        per_row = [
-            dense_reward_per_token(text, ref, token_char_ends(tokenizer, ids))
-            for text, ref, ids in zip(rollouts.texts, references, rollouts.response_ids)
-        ]
-        dense[:n] = place_response_values(per_row, rollouts.prompt_ids, (n, shape[1]))
-    if kind in ("orm", "dense_orm"):
-        if orm_scorer is None:
-            raise ValueError(f"PPO reward {kind!r} needs a trained ORM (orm_scorer)")
-        ends = [
-            step_ends(tokenizer, ids, text)
-            for ids, text in zip(rollouts.response_ids, rollouts.texts)
-        ]
-        final, steps = orm_scorer.score_tokens(rollouts.prompt_ids, rollouts.response_ids, ends)
-        if kind == "orm":
-            score[:n] = final
-        else:
-            step_mask = place_response_values(ends, rollouts.prompt_ids, (n, shape[1])) > 0
-            step_scores = place_response_values(steps, rollouts.prompt_ids, (n, shape[1]))
-            dense[:n] = np.asarray(dense_orm_rewards(step_scores, step_mask, "delta", 0.5))
-    return score, dense
 
 
 # -------------------------------------------------------------------- jitted functions

@@ -8,7 +8,8 @@ tokens the policy chose, never to a re-tokenisation of their text.
 Sequence frame: `sequence_batch` lays the rows out as right-padded [N, T] arrays,
 `[bos] prompt response pad...`, with `response_mask[n, t] = 1` on response tokens. A
 per-token quantity of response token t (its log-prob, its reward, the ORM's score after
-it) sits at slot t; `place_response_values` puts per-row arrays there.
+it) sits at slot t; `place_response_values` puts per-row arrays there, and
+`rollout_rewards` computes PPO's rewards there.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ import numpy as np
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.pipeline import bucket_length, collate_supervised
 from jaxrl_reason.data.tokenizer import token_char_ends
-from jaxrl_reason.rewards.heuristic import char_offsets_to_token_positions
+from jaxrl_reason.rewards.heuristic import (
+    char_offsets_to_token_positions,
+    dense_reward_per_token,
+    sparse_reward,
+)
+from jaxrl_reason.rewards.orm import dense_orm_rewards
 from jaxrl_reason.sampling import SamplingConfig
 
 
@@ -148,3 +154,45 @@ def step_ends(tokenizer: Any, response_ids: Sequence[int], text: str) -> np.ndar
         ends[pos] = True
     ends[-1] = True
     return ends
+
+
+def rollout_rewards(
+    rollouts: Rollouts,
+    kind: str,
+    tokenizer: Any,
+    shape: tuple[int, int],
+    orm_scorer: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sequence scores [N'], dense per-token rewards [N', T]) in the sequence frame.
+
+    Rows past the rollouts (mesh padding) get 0. `orm_scorer` (an `ORMScorer`) is needed
+    for "orm" and "dense_orm".
+    """
+    n = len(rollouts)
+    score = np.zeros(shape[0], np.float32)
+    dense = np.zeros(shape, np.float32)
+    references = [ex.solution for ex in rollouts.examples]
+    answers = [ex.answer for ex in rollouts.examples]
+    if kind in ("sparse", "dense"):
+        score[:n] = sparse_reward(rollouts.texts, answers)
+    if kind == "dense":
+        per_row = [
+            dense_reward_per_token(text, ref, token_char_ends(tokenizer, ids))
+            for text, ref, ids in zip(rollouts.texts, references, rollouts.response_ids)
+        ]
+        dense[:n] = place_response_values(per_row, rollouts.prompt_ids, (n, shape[1]))
+    if kind in ("orm", "dense_orm"):
+        if orm_scorer is None:
+            raise ValueError(f"PPO reward {kind!r} needs a trained ORM (orm_scorer)")
+        ends = [
+            step_ends(tokenizer, ids, text)
+            for ids, text in zip(rollouts.response_ids, rollouts.texts)
+        ]
+        final, steps = orm_scorer.score_tokens(rollouts.prompt_ids, rollouts.response_ids, ends)
+        if kind == "orm":
+            score[:n] = final
+        else:
+            step_mask = place_response_values(ends, rollouts.prompt_ids, (n, shape[1])) > 0
+            step_scores = place_response_values(steps, rollouts.prompt_ids, (n, shape[1]))
+            dense[:n] = np.asarray(dense_orm_rewards(step_scores, step_mask, "delta", 0.5))
+    return score, dense

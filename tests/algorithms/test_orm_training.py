@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxrl_reason.algorithms import orm_scoring
 from jaxrl_reason.algorithms import orm_training as ot
 from jaxrl_reason.algorithms.policy import Policy
 from jaxrl_reason.algorithms.rollouts import Rollouts
@@ -76,7 +77,7 @@ def test_trained_orm_separates_correct_from_wrong_on_new_questions(
     assert trained["calls"] == 1
     held_out = arith_examples[16:24]
     samples = [_texts(ex) for ex in held_out]
-    scores = np.asarray(ot.ORMScorer(tiny_policy, trained["params"])(held_out, samples))
+    scores = np.asarray(orm_scoring.ORMScorer(tiny_policy, trained["params"])(held_out, samples))
     assert scores.shape == (8, K)
     # rerank@K: the top sample of every question is a correct one (0 or 2)
     assert set(scores.argmax(1)) <= {0, 2}, scores
@@ -106,7 +107,7 @@ def test_resume_does_not_resample_and_restores_the_same_params(
     assert calls == 0
     assert summary == trained["summary"]
     jax.tree.map(np.testing.assert_array_equal, orm, trained["params"])
-    loaded, meta = ot.load_orm(workdir, tiny_policy)
+    loaded, meta = orm_scoring.load_orm(workdir, tiny_policy)
     jax.tree.map(np.testing.assert_array_equal, loaded, trained["params"])
     assert meta["num_samples"] == 64
     other = ot.ORMConfig(samples_per_question=2)
@@ -178,7 +179,7 @@ def test_scorer_matches_score_tokens_and_a_forward_pass(trained, tiny_policy, ar
     params, tok, fmt = trained["params"], tiny_policy.tokenizer, tiny_policy.prompt_format
     examples = arith_examples[16:19]
     samples = [["#### 3", "x\ny\n#### 4", ""], ["#### 1"], _texts(examples[2])]
-    scorer = ot.ORMScorer(tiny_policy, params, rows_per_call=4)  # several chunks
+    scorer = orm_scoring.ORMScorer(tiny_policy, params, rows_per_call=4)  # several chunks
     scores = scorer(examples, samples)
     assert scorer(examples[:1], [[]]) == [[]]
     prompts = [
@@ -201,8 +202,8 @@ def test_scorer_on_a_mesh_matches_one_device(trained, tiny_policy, arith_example
     )
     examples = arith_examples[16:19]
     samples = [_texts(ex)[:3] for ex in examples]
-    on_mesh = ot.ORMScorer(mesh_policy, trained["params"])(examples, samples)
-    single = ot.ORMScorer(tiny_policy, trained["params"])(examples, samples)
+    on_mesh = orm_scoring.ORMScorer(mesh_policy, trained["params"])(examples, samples)
+    single = orm_scoring.ORMScorer(tiny_policy, trained["params"])(examples, samples)
     np.testing.assert_allclose(on_mesh, single, rtol=1e-5, atol=1e-6)
 
 
@@ -226,8 +227,10 @@ def test_bad_calls_raise_clear_errors(tiny_policy, tiny_params, tmp_path):
     with pytest.raises(ValueError, match="no training questions"):
         ot.run_orm_training(tiny_policy, tiny_params, [], CFG, OPTIMIZER, tmp_path)
     with pytest.raises(FileNotFoundError, match="no trained ORM"):
-        ot.load_orm(tmp_path, tiny_policy)
-    scorer = ot.ORMScorer(tiny_policy, ot.orm_init_params(tiny_policy.model_config, tiny_params))
+        orm_scoring.load_orm(tmp_path, tiny_policy)
+    scorer = orm_scoring.ORMScorer(
+        tiny_policy, ot.orm_init_params(tiny_policy.model_config, tiny_params)
+    )
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         scorer.score_tokens([[1], [1]], [[2]])
     with pytest.raises(ValueError, match="step-end mask of length 1"):
