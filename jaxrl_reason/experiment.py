@@ -131,6 +131,8 @@ def train_experiment(
     tokenizer_vocab_size: int = 512,
     init_checkpoint: str | None = None,
     model: ModelConfig | None = None,
+    dtype: str | None = None,
+    remat: bool | None = None,
     prompt: str = "zero_shot",
     num_shots: int = 4,
     seed: int = 0,
@@ -150,7 +152,8 @@ def train_experiment(
     (PPO_REWARDS). The ORM is trained (from the start policy's samples) when "orm" is
     listed or a PPO reward needs it; once trained, every evaluation reports rerank@K.
     `model` defaults to gin's `model_config()` (its vocab_size is set from the tokenizer);
-    `init_checkpoint` (an `import-hf` output directory) replaces it with a pretrained model.
+    `init_checkpoint` (an `import-hf` output directory) replaces it with a pretrained model;
+    `dtype` (compute dtype, e.g. "bfloat16") and `remat` override the model's when set.
     `prompt` is "zero_shot" or "few_shot" (`num_shots` train exemplars, for a pretrained
     start). Returns the results rows (also written to results.json / .md / .png).
     """
@@ -185,6 +188,10 @@ def train_experiment(
     else:
         config = (model or model_config()).replace(vocab_size=tokenizer.vocab_size)
         params = init_params(config, jax.random.key(seed))
+    if dtype is not None:
+        config = config.replace(dtype=dtype)
+    if remat is not None:
+        config = config.replace(remat=remat)
     fmt = prompt_format(kind=prompt, exemplars=train, num_shots=num_shots, seed=seed)
     policy = Policy(config, tokenizer, fmt, mesh)
     run = {

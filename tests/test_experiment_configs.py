@@ -145,6 +145,11 @@ def test_experiment_runs_what_its_name_says(path: pathlib.Path):
         # An imported checkpoint brings its own model config: the model is the checkpoint.
         assert pathlib.PurePath(query("train_experiment.init_checkpoint")).name == name["model"]
         assert query("train_experiment.tokenizer_path")
+        # bf16 compute and remat over the checkpoint's own (f32, no remat) settings.
+        assert (query("train_experiment.dtype"), query("train_experiment.remat")) == (
+            "bfloat16",
+            True,
+        )
         assert query("train_experiment.num_eval") is None  # the whole test set
         evaluation = EvalConfig()
         assert (evaluation.num_samples, evaluation.temperature) == (96, 0.7)  # maj@96, T 0.7
