@@ -178,7 +178,9 @@ def train_experiment(
                 task,
                 tokenizer_path,
                 vocab_size=tokenizer_vocab_size,
-                user_defined_symbols=return_tokens(rcrl.num_bins),
+                # RCRL's return tokens as single pieces (they change the tokenizer,
+                # so only when RCRL runs; elsewhere they would be plain text).
+                user_defined_symbols=return_tokens(rcrl.num_bins) if "rcrl" in algorithms else (),
                 **_task_kwargs(task, data_dir, seed),
             )
     tokenizer = load_tokenizer(tokenizer_path)
