@@ -3,6 +3,9 @@
 import gin
 
 from jaxrl_reason.algorithms.expert_iteration import ExpertIterationConfig
+from jaxrl_reason.algorithms.orm_training import ORMConfig
+from jaxrl_reason.algorithms.ppo import PPOConfig
+from jaxrl_reason.algorithms.rcrl import RCRLConfig
 from jaxrl_reason.algorithms.sft import SFTConfig
 from jaxrl_reason.configuration import parse_config
 from jaxrl_reason.demo import SCALES
@@ -17,6 +20,14 @@ def test_demo_gin_matches_the_built_in_demo():
         s = SCALES["default"]
         assert SFTConfig() == s.sft
         assert ExpertIterationConfig() == s.ei
+        assert PPOConfig() == s.ppo
+        assert RCRLConfig() == s.rcrl
+        assert ORMConfig() == s.orm
+        assert list(gin.query_parameter("train_experiment.ppo_rewards")) == [
+            "sparse",
+            "dense",
+            "orm",
+        ]
         assert EvalConfig() == s.evaluation
         assert model_config() == s.model
         opt = OptimizerConfig()
