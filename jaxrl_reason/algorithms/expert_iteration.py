@@ -116,13 +116,14 @@ def as_examples(
     ]
 
 
-def _round_questions(
-    examples: Sequence[Example], cfg: ExpertIterationConfig, round_index: int
+def round_questions(
+    examples: Sequence[Example], questions_per_round: int | None, seed: int, round_index: int
 ) -> list[Example]:
-    if cfg.questions_per_round is None or cfg.questions_per_round >= len(examples):
+    """Round `round_index`'s questions: all of them, or a seeded subset in original order."""
+    if questions_per_round is None or questions_per_round >= len(examples):
         return list(examples)
-    rng = np.random.default_rng([cfg.seed, round_index])
-    idx = np.sort(rng.choice(len(examples), cfg.questions_per_round, replace=False))
+    rng = np.random.default_rng([seed, round_index])
+    idx = np.sort(rng.choice(len(examples), questions_per_round, replace=False))
     return [examples[i] for i in idx]
 
 
@@ -177,7 +178,7 @@ def run_expert_iteration(
             show_progress,
         )
     for r in range(state["rounds_done"] + 1, cfg.num_rounds + 1):
-        questions = _round_questions(train_examples, cfg, r)
+        questions = round_questions(train_examples, cfg.questions_per_round, cfg.seed, r)
         sampling = policy.sampling_config(
             cfg.samples_per_question, cfg.temperature, cfg.max_new_tokens
         )

@@ -36,9 +36,8 @@ from typing import Any
 
 import gin
 import jax
-import numpy as np
 
-from jaxrl_reason.algorithms.expert_iteration import dedup_key
+from jaxrl_reason.algorithms.expert_iteration import dedup_key, round_questions
 from jaxrl_reason.algorithms.policy import Policy
 from jaxrl_reason.algorithms.return_conditioning import (
     best_return_token,
@@ -249,16 +248,6 @@ def training_batches(
     )
 
 
-def _round_questions(
-    examples: Sequence[Example], cfg: RCRLConfig, round_index: int
-) -> list[Example]:
-    if cfg.questions_per_round is None or cfg.questions_per_round >= len(examples):
-        return list(examples)
-    rng = np.random.default_rng([cfg.seed, round_index])
-    idx = np.sort(rng.choice(len(examples), cfg.questions_per_round, replace=False))
-    return [examples[i] for i in idx]
-
-
 def _load_state(rcrl_dir: Path, cfg: RCRLConfig) -> dict[str, Any]:
     path = rcrl_dir / "state.json"
     if not path.exists():
@@ -332,7 +321,7 @@ def run_rcrl(
             show_progress,
         )
     for r in range(state["rounds_done"] + 1, cfg.num_rounds + 1):
-        questions = _round_questions(train_examples, cfg, r)
+        questions = round_questions(train_examples, cfg.questions_per_round, cfg.seed, r)
         sampling = policy.sampling_config(
             cfg.samples_per_question, cfg.temperature, cfg.max_new_tokens
         )
