@@ -244,20 +244,55 @@ def _train_round(
     if not examples:
         log.warning("EI round %d: no correct samples; the policy is unchanged", round_index)
         return start_params
-    # A batch must split evenly over the mesh's batch shards; a round with fewer kept
-    # solutions than one batch repeats them (they are all correct).
+    batches = round_batches(policy, examples, None, cfg, round_index)
+    return fine_tune_round(
+        policy, start_params, batches, cfg, optimizer, ei_dir, round_index, show_progress, "sft"
+    )
+
+
+def round_batches(
+    policy: Policy,
+    examples: Sequence[Example],
+    prompts: Sequence[str] | None,
+    cfg: Any,
+    round_index: int,
+) -> SupervisedBatches:
+    """A round's SFT batches of `examples` (with per-example `prompts`, or the policy's
+    prompt format). `cfg` is an EI- or RCRL-style config (batch_size, max_len,
+    length_multiple, seed).
+
+    A batch must split evenly over the mesh's batch shards; a dataset smaller than one
+    batch is repeated to fill it.
+    """
     shards = batch_shards(policy.mesh)
     batch_size = max(shards, min(cfg.batch_size, len(examples)) // shards * shards)
-    examples = examples * -(-batch_size // len(examples))
-    batches = SupervisedBatches(
-        examples,
+    repeats = -(-batch_size // len(examples))
+    return SupervisedBatches(
+        list(examples) * repeats,
         policy.tokenizer,
-        policy.prompt_format,
+        None if prompts is not None else policy.prompt_format,
         batch_size,
         cfg.max_len,
         seed=cfg.seed * 1000 + round_index,
         length_multiple=cfg.length_multiple,
+        prompts=None if prompts is None else list(prompts) * repeats,
     )
+
+
+def fine_tune_round(
+    policy: Policy,
+    start_params: Any,
+    batches: SupervisedBatches,
+    cfg: Any,
+    optimizer: OptimizerConfig,
+    rounds_dir: Path,
+    round_index: int,
+    show_progress: bool,
+    phase: str,
+) -> Any:
+    """`cfg.epochs_per_round` epochs of `batches` from `start_params` (at `cfg.learning_rate`
+    or the optimizer's), checkpointed in `rounds_dir/round_<i>`; a finished round is just
+    restored."""
     num_steps = max(1, math.ceil(cfg.epochs_per_round * batches.batches_per_epoch))
     lr = cfg.learning_rate or optimizer.learning_rate
     state = train_sft(
@@ -265,12 +300,13 @@ def _train_round(
         start_params,
         lambda: batches,
         phase_optimizer(optimizer.replace(learning_rate=lr), num_steps),
-        ei_dir / f"round_{round_index}",
+        rounds_dir / f"round_{round_index}",
         num_steps,
         cfg.seed + round_index,
         mesh=policy.mesh,
         checkpoint_every=num_steps,
         keep=1,
         show_progress=show_progress,
+        phase=phase,
     )
     return state.params

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -37,7 +36,12 @@ from typing import Any
 import gin
 import jax
 
-from jaxrl_reason.algorithms.expert_iteration import dedup_key, round_questions
+from jaxrl_reason.algorithms.expert_iteration import (
+    dedup_key,
+    fine_tune_round,
+    round_batches,
+    round_questions,
+)
 from jaxrl_reason.algorithms.policy import Policy
 from jaxrl_reason.algorithms.return_conditioning import (
     best_return_token,
@@ -46,16 +50,14 @@ from jaxrl_reason.algorithms.return_conditioning import (
     return_tokens,
 )
 from jaxrl_reason.algorithms.rollouts import sample_rollouts
-from jaxrl_reason.algorithms.sft import flat_summary, phase_optimizer
+from jaxrl_reason.algorithms.sft import flat_summary
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.pipeline import SupervisedBatches
 from jaxrl_reason.data.prompts import PromptFormat
 from jaxrl_reason.evaluation.evaluate import EvalConfig, Scorer, greedy_only
 from jaxrl_reason.evaluation.report import write_atomic, write_json
-from jaxrl_reason.parallel import batch_shards
 from jaxrl_reason.rewards.heuristic import sparse_reward
 from jaxrl_reason.training.optimizer import OptimizerConfig
-from jaxrl_reason.training.sft_loop import train_sft
 
 log = logging.getLogger(__name__)
 # question id -> distinct (return token, solution) pairs, in the order found
@@ -231,21 +233,7 @@ def training_batches(
     examples, prompts = training_data(dataset, by_id, policy.prompt_format)
     if not examples:
         return None
-    # A batch must split evenly over the mesh's batch shards; a dataset smaller than one
-    # batch is repeated to fill it.
-    shards = batch_shards(policy.mesh)
-    batch_size = max(shards, min(cfg.batch_size, len(examples)) // shards * shards)
-    repeats = -(-batch_size // len(examples))
-    return SupervisedBatches(
-        examples * repeats,
-        policy.tokenizer,
-        None,
-        batch_size,
-        cfg.max_len,
-        seed=cfg.seed * 1000 + round_index,
-        length_multiple=cfg.length_multiple,
-        prompts=prompts * repeats,
-    )
+    return round_batches(policy, examples, prompts, cfg, round_index)
 
 
 def _load_state(rcrl_dir: Path, cfg: RCRLConfig) -> dict[str, Any]:
@@ -398,20 +386,6 @@ def _train_round(
     if batches is None:
         log.warning("RCRL round %d: no examples; the policy is unchanged", round_index)
         return start_params
-    num_steps = max(1, math.ceil(cfg.epochs_per_round * batches.batches_per_epoch))
-    lr = cfg.learning_rate or optimizer.learning_rate
-    state = train_sft(
-        policy.model_config,
-        start_params,
-        lambda: batches,
-        phase_optimizer(optimizer.replace(learning_rate=lr), num_steps),
-        rcrl_dir / f"round_{round_index}",
-        num_steps,
-        cfg.seed + round_index,
-        mesh=policy.mesh,
-        checkpoint_every=num_steps,
-        keep=1,
-        show_progress=show_progress,
-        phase="rcrl",
+    return fine_tune_round(
+        policy, start_params, batches, cfg, optimizer, rcrl_dir, round_index, show_progress, "rcrl"
     )
-    return state.params

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrl_reason.algorithms import rcrl
+from jaxrl_reason.algorithms import expert_iteration, rcrl
 from jaxrl_reason.algorithms.return_conditioning import BAD, GOOD, condition_prompt
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.prompts import PromptFormat, zero_shot
@@ -100,7 +100,8 @@ def test_training_batches_put_return_token_in_the_prompt(
         fed.extend(next(factory()) for _ in range(num_steps))
         return SimpleNamespace(params=params)
 
-    monkeypatch.setattr(rcrl, "train_sft", fake_train_sft)
+    # RCRL fine-tunes through EI's round fine-tuner.
+    monkeypatch.setattr(expert_iteration, "train_sft", fake_train_sft)
     monkeypatch.setattr(
         rcrl, "sample_rollouts", _fake_sampler([], lambda r, ex: ["#### 5", "#### 7"])
     )
