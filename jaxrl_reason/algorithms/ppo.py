@@ -200,9 +200,30 @@ def _ppo_loss(
     )
 
 
-@functools.lru_cache(maxsize=8)
+# The settings the jitted functions read; the others (reward, iterations, seed ...) must
+# not key the compile cache, so PPO runs that differ only in them share their programs.
+_PROGRAM_FIELDS = (
+    "recompute_logprobs",
+    "kl_kind",
+    "gamma",
+    "lam",
+    "whiten_advantages",
+    "clip_ratio",
+    "value_clip",
+    "vf_coef",
+    "entropy_coef",
+)
+
+
 def _programs(ac: ActorCritic, cfg: PPOConfig, optimizer: OptimizerConfig, mesh: Any) -> Any:
     """(tx, train step, experience fn, param shardings), built once per setting."""
+    return _cached_programs(
+        ac, PPOConfig(**{f: getattr(cfg, f) for f in _PROGRAM_FIELDS}), optimizer, mesh
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_programs(ac: ActorCritic, cfg: PPOConfig, optimizer: OptimizerConfig, mesh: Any) -> Any:
     tx = make_optimizer(optimizer)
     shardings = None if mesh is None else ac.param_shardings(mesh)
     loss_fn = functools.partial(_ppo_loss, ac, cfg)
