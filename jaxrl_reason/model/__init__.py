@@ -4,10 +4,12 @@ from jaxrl_reason.model.config import PRESETS, ModelConfig, RopeScaling, model_c
 from jaxrl_reason.model.transformer import (
     ModelOutput,
     Transformer,
+    decode_step,
     default_positions,
     init_cache,
     init_params,
     param_logical_axes,
+    unstack_layers,
 )
 
 __all__ = [
@@ -16,9 +18,11 @@ __all__ = [
     "ModelOutput",
     "RopeScaling",
     "Transformer",
+    "decode_step",
     "default_positions",
     "init_cache",
     "init_params",
     "model_config",
     "param_logical_axes",
+    "unstack_layers",
 ]

@@ -115,13 +115,20 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, new_mask, layer_cache, cache_mask):
-        """Attend from the T new tokens to the cached keys (if any) and to each other.
+    def __call__(self, x, positions, new_mask, segments_kv, segment_masks, append_at=None):
+        """Attend from the T new tokens to cached segments (if any) and to each other.
 
-        `new_mask` [B, T, T]: causal and padding mask among the new tokens;
-        `layer_cache` (k, v) [B, K, S, H] is only read; `cache_mask` [B, S] marks its filled
-        slots. Returns the output and this layer's new (k, v) [B, K, T, H]: the caller
-        writes them into the cache in place, so a decode step never copies the cache.
+        `new_mask` [B, T, T]: causal and padding mask among the new tokens.
+        `segments_kv`: (k, v) pairs [B / g, K, S, H] of cached keys; a segment with B / g
+        rows is shared by g consecutive rows (a prompt's cache by its K samples, so it is
+        stored and read once). `segment_masks` [B / g or 1, S] mark each segment's filled
+        slots. Returns the output and `new_kv`:
+          - `append_at` None: the new tokens' (k, v) [B, K, T, H], for the caller to write
+            into its cache (None without segments);
+          - `append_at` a slot (decoding, T = 1): the new token's k, v are first written at
+            that slot of the last segment, which is then attended (its mask must already
+            mark the slot), and the updated segment is returned. Writing before reading
+            lets XLA update the cache in place instead of copying it every step.
         """
         c = self.config
         dt, pdt = c.compute_dtype, c.weight_dtype
@@ -145,26 +152,44 @@ class Attention(nn.Module):
         key = nn.with_logical_constraint(key, ("batch", "length", "kv_heads", "head_dim"))
 
         b, t = q.shape[:2]
-        q = q.reshape(b, t, k, n // k, h) * (h**-0.5)  # [B, T, K, G, H]
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, key).astype(jnp.float32)  # S = T
-        scores = jnp.where(new_mask[:, None, None], scores, _MASKED)
-        if layer_cache is None:
-            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-            out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, val)
-            new_kv = None
-        else:
-            cache_k, cache_v = (a.astype(dt) for a in layer_cache)  # [B, K, S, H]
-            cached = jnp.einsum("BTKGH,BKSH->BKGTS", q, cache_k).astype(jnp.float32)
-            cached = jnp.where(cache_mask[:, None, None, None], cached, _MASKED)
-            probs = jax.nn.softmax(jnp.concatenate([cached, scores], axis=-1), axis=-1)
-            probs = probs.astype(dt)
-            s_len = cached.shape[-1]
-            out = jnp.einsum("BKGTS,BKSH->BTKGH", probs[..., :s_len], cache_v)
-            out = out + jnp.einsum("BKGTS,BSKH->BTKGH", probs[..., s_len:], val)
-            # [B, K, T, H], the cache's layout
+        new_kv = None
+        if append_at is not None:
+            if t != 1:
+                raise ValueError(f"append_at writes one token per row, got {t}")
+            *earlier, last = segments_kv
             new_kv = tuple(
-                jnp.swapaxes(a, 1, 2).astype(lc.dtype) for a, lc in zip((key, val), layer_cache)
+                jax.lax.dynamic_update_slice(
+                    buf, jnp.swapaxes(a, 1, 2).astype(buf.dtype), (0, 0, append_at, 0)
+                )
+                for buf, a in zip(last, (key, val))
             )
+            segments_kv = (*earlier, new_kv)
+        elif segments_kv:
+            new_kv = tuple(jnp.swapaxes(a, 1, 2) for a in (key, val))  # [B, K, T, H]
+
+        q = q.reshape(b, t, k, n // k, h) * (h**-0.5)  # [B, T, K, G, H]
+        scores, groups = [], []
+        for (seg_k, _), seg_mask in zip(segments_kv, segment_masks, strict=True):
+            g = b // seg_k.shape[0]  # rows per segment row: J below
+            qg = q.reshape(b // g, g, *q.shape[1:])
+            s = jnp.einsum("BJTKGH,BKSH->BJKGTS", qg, seg_k.astype(dt)).astype(jnp.float32)
+            s = jnp.where(seg_mask[:, None, None, None, None, :], s, _MASKED)
+            scores.append(s.reshape(b, *s.shape[2:]))
+            groups.append(g)
+        if append_at is None:  # the new tokens attend to each other
+            s = jnp.einsum("BTKGH,BSKH->BKGTS", q, key).astype(jnp.float32)  # S = T
+            scores.append(jnp.where(new_mask[:, None, None], s, _MASKED))
+        probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(dt)
+        start, out = 0, 0
+        for (_, seg_v), g in zip(segments_kv, groups):
+            size = seg_v.shape[2]
+            p = probs[..., start : start + size]
+            p = p.reshape(b // g, g, *p.shape[1:])
+            o = jnp.einsum("BJKGTS,BKSH->BJTKGH", p, seg_v.astype(dt))
+            out = out + o.reshape(b, *o.shape[2:])
+            start += size
+        if append_at is None:
+            out = out + jnp.einsum("BKGTS,BSKH->BTKGH", probs[..., start:], val)
         out = out.reshape(b, t, n, h)
         return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt)), new_kv
 
@@ -194,16 +219,16 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer_cache, positions, new_mask, cache_mask):
+    def __call__(self, x, segments_kv, positions, new_mask, segment_masks, append_at=None):
         c = self.config
         norm = lambda name: RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype, name=name)
-        attn_out, new_cache = Attention(c, name="attn")(
-            norm("attn_norm")(x), positions, new_mask, layer_cache, cache_mask
+        attn_out, new_kv = Attention(c, name="attn")(
+            norm("attn_norm")(x), positions, new_mask, segments_kv, segment_masks, append_at
         )
         x = x + attn_out
         x = x + Mlp(c, name="mlp")(norm("mlp_norm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        return x, new_cache
+        return x, new_kv
 
 
 class Transformer(nn.Module):
@@ -254,12 +279,12 @@ class Transformer(nn.Module):
         causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
         new_mask = causal[None] & input_mask[:, None, :]
         if cache is None:
-            layer_caches = cache_mask = None
+            segments_kv = segment_masks = ()
         else:
             cache_index = cache["index"]
             filled = jnp.arange(cache["mask"].shape[1]) < cache_index
-            cache_mask = cache["mask"] & filled[None, :]  # [B, S]
-            layer_caches = (cache["k"], cache["v"])
+            segment_masks = (cache["mask"] & filled[None, :],)  # [B, S]
+            segments_kv = ((cache["k"], cache["v"]),)  # scanned: [B, K, S, H] per layer
 
         block = Block
         if c.remat:
@@ -272,7 +297,7 @@ class Transformer(nn.Module):
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(c, name="layers")
-        x, new_kv = layers(x, layer_caches, positions, new_mask, cache_mask)
+        x, new_kv = layers(x, segments_kv, positions, new_mask, segment_masks)
 
         hidden = RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype, name="final_norm")(x)
         new_cache = None
@@ -280,8 +305,9 @@ class Transformer(nn.Module):
             # One in-place write of the new tokens' k, v [L, B, K, T, H] at slot `index`.
             at = (0, 0, 0, cache_index, 0)
             new_cache = {
-                "k": jax.lax.dynamic_update_slice(cache["k"], new_kv[0], at),
-                "v": jax.lax.dynamic_update_slice(cache["v"], new_kv[1], at),
+                name: jax.lax.dynamic_update_slice(cache[name], kv.astype(cache[name].dtype), at)
+                for name, kv in zip(("k", "v"), new_kv)
+            } | {
                 "mask": jax.lax.dynamic_update_slice(cache["mask"], input_mask, (0, cache_index)),
                 "index": cache_index + t,
             }
@@ -313,6 +339,63 @@ class Transformer(nn.Module):
             bias = _param(self, f"{name}_head_bias", (), (), nn.initializers.zeros, jnp.float32)
             heads[name] = jnp.einsum("BTD,D->BT", hidden.astype(jnp.float32), w) + bias
         return ModelOutput(logits=logits, hidden=hidden, heads=heads, cache=new_cache)
+
+
+def unstack_layers(params: Any) -> list[Any]:
+    """The scanned layers' params as one tree per layer.
+
+    A decode loop slices them once, before the loop: slicing the stacked weights inside
+    the loop (as the layer scan does) copies every weight at every step.
+    """
+    layers = params["layers"]
+    num_layers = jax.tree.leaves(layers)[0].shape[0]
+    return [jax.tree.map(lambda a, i=i: a[i], layers) for i in range(num_layers)]
+
+
+def decode_step(
+    config: ModelConfig,
+    params: Any,
+    layers: list[Any],
+    tokens: jax.Array,
+    positions: jax.Array,
+    segments_kv: list[tuple[tuple[jax.Array, jax.Array], ...]],
+    segment_masks: tuple[jax.Array, ...],
+    append_at: jax.Array,
+) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+    """One new token per row (`tokens`, `positions` [B, 1]) with the layers unrolled.
+
+    The sampler's decode step: `layers` = `unstack_layers(params)`, `segments_kv[l]` the
+    cached (k, v) segments of layer l and `segment_masks` their filled slots, shared by
+    every layer (see `Attention`: a segment may be shared by consecutive rows). The new
+    token's key and value are written at slot `append_at` of each layer's last segment
+    (whose mask must include that slot). Returns logits [B, V] float32 and each layer's
+    updated last segment. The same computation as `Transformer.__call__` with a cache of
+    those keys (tests/model/test_transformer.py checks they agree).
+    """
+    c = config
+    table = nn.with_logical_constraint(params["embedding"], ("vocab", None))
+    x = jnp.take(table, tokens, axis=0).astype(c.compute_dtype)  # [B, 1, D]
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    no_mask = jnp.ones((tokens.shape[0], 1, 1), jnp.bool_)  # unused with append_at
+    block = Block(c)
+    updated = []
+    for layer_params, layer_segments in zip(layers, segments_kv, strict=True):
+        x, kv = block.apply(
+            {"params": layer_params},
+            x,
+            layer_segments,
+            positions,
+            no_mask,
+            segment_masks,
+            append_at,
+        )
+        updated.append(kv)
+    norm = RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype)
+    hidden = norm.apply({"params": params["final_norm"]}, x)
+    lm_head = params["embedding"].T if c.tie_embeddings else params["lm_head"]
+    logits = jnp.einsum("BTD,DV->BTV", hidden, lm_head.astype(c.compute_dtype))
+    logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    return logits[:, 0], updated
 
 
 def init_params(config: ModelConfig, rng: jax.Array, heads: tuple[str, ...] = ()) -> Any:

@@ -3,11 +3,13 @@
 Two jitted programs per bucket of shapes:
   prefill(params, prompt [Bp, P]) -> the prompt's KV cache [L, Bp, K, P, H] and last logits
   decode(params, prompt cache, ...) -> K samples per prompt
-Prefill is the model's own cached forward pass. Decode copies each prompt's cache to its K
-rows (row r = prompt r // K, sample r % K), so the prompt is never recomputed per sample,
-then runs a `lax.while_loop` that stops as soon as every row has hit EOS or the length
-limit. Each step is the model's own one-token cached forward pass, which writes the new
-key and value into the loop's cache in place. Shapes are bucketed
+Prefill is the model's own cached forward pass. Decode never copies the prompt's cache:
+each layer attends to two segments (`Attention`), the prompt's keys shared by its K rows
+(row r = prompt r // K), read once per prompt, and a per-row segment of generated keys. A
+`lax.while_loop` runs the model's `decode_step` (layers unrolled, their weights sliced
+once before the loop) and stops as soon as every row has hit EOS or the length limit;
+each step writes the new key and value into the generated segment in place before
+reading it. Shapes are bucketed
 (prompt length, generation length, number of prompts) so a long run compiles a few
 programs; each compilation is logged at INFO and counted in `Sampler.compilations`.
 
@@ -23,6 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 from typing import Any
 
 import flax.struct
@@ -36,9 +39,11 @@ from jaxrl_reason.model.config import ModelConfig
 from jaxrl_reason.model.transformer import (
     Cache,
     Transformer,
+    decode_step,
     default_positions,
     init_cache,
     param_logical_axes,
+    unstack_layers,
 )
 from jaxrl_reason.parallel.rules import (
     Rules,
@@ -81,7 +86,8 @@ class DecodeState:
     """Everything the decode loop carries. Row r is prompt r // K, sample r % K."""
 
     step: jax.Array  # [] int32: tokens generated so far (column of the next token)
-    cache: Cache  # k, v [L, R, K, S, H]; mask [R, S]; index []
+    gen_k: tuple[jax.Array, ...]  # per layer [R, K, glen, H]: the generated tokens' keys
+    gen_v: tuple[jax.Array, ...]  # and values
     positions: jax.Array  # [R] int32: RoPE position of the newest token
     row_keys: jax.Array  # [R] PRNG keys, one per row
     tokens: jax.Array  # [R, Tb] int32
@@ -159,9 +165,10 @@ class Sampler:
         k = cfg.num_samples
         prompts_bucket = bucket_size(b, cfg.batch_bucket)
         rows_prefill = self._round_rows(prompts_bucket)
-        # Decode rows come from the bucketed prompt count, not the shard-padded one, so
-        # e.g. 1 prompt x K=96 on 4 batch shards decodes 96 rows, not 384.
-        rows = self._round_rows(prompts_bucket * k)
+        # Decode rows: K per prompt for the fewest prompts >= the bucket that fill the
+        # batch shards, so e.g. 1 prompt x K=96 on 4 batch shards decodes 96 rows, not 384.
+        per_shard = self._row_multiple // math.gcd(k, self._row_multiple)
+        rows = k * (-(-prompts_bucket // per_shard) * per_shard)
         plen = bucket_size(ids.shape[1], cfg.prompt_bucket)
         glen = bucket_size(cfg.max_new_tokens, cfg.generation_bucket)
         ids, mask = left_pad(ids, mask, rows_prefill, plen, self.pad_id)
@@ -249,11 +256,11 @@ class Sampler:
         kv = self._sharding(*CACHE_AXES)
         return {"k": kv, "v": kv, "mask": self._sharding("batch", "length")}
 
-    def _constrain_cache(self, cache: Cache) -> Cache:
+    def _constrain_gen(self, x: jax.Array) -> jax.Array:
+        """Shard one layer's generated keys or values [R, K, glen, H] like the cache."""
         if self.mesh is None:
-            return cache
-        shardings = {**self._prompt_cache_shardings(), "index": replicated(self.mesh)}
-        return jax.lax.with_sharding_constraint(cache, shardings)
+            return x
+        return jax.lax.with_sharding_constraint(x, self._sharding(*CACHE_AXES[1:]))
 
     # ---------------------------------------------------------------- jitted side
 
@@ -305,19 +312,19 @@ class Sampler:
             strategy,
             eos_ids,
         )
+        c = self.config
         row = jnp.arange(rows)
-        src = jnp.minimum(row // k, rows_prefill - 1)  # [R] the prompt each row continues
-        # Each row continues its prompt: copy the prompt's cache (computed once) to its K
-        # rows and add `glen` empty slots after the prompt's P.
-        kv = lambda x: jnp.pad(jnp.take(x, src, axis=1), ((0, 0),) * 3 + ((0, glen), (0, 0)))
-        cache = self._constrain_cache(
-            {
-                "k": kv(prompt_cache["k"]),  # [L, R, K, P + glen, H]
-                "v": kv(prompt_cache["v"]),
-                "mask": jnp.pad(jnp.take(prompt_cache["mask"], src, axis=0), ((0, 0), (0, glen))),
-                "index": jnp.asarray(plen, jnp.int32),
-            }
-        )
+        prompts = rows // k  # row r continues prompt r // k (rows = k * prompts)
+        layers = unstack_layers(params)  # sliced once, not at every step
+        # Each prompt's cache, computed once, is one segment shared by its K rows; the
+        # generated tokens' keys go to a second, per-row segment of `glen` slots.
+        prompt_kv = [
+            (prompt_cache["k"][i, :prompts], prompt_cache["v"][i, :prompts])
+            for i in range(c.num_layers)
+        ]
+        prompt_mask = prompt_cache["mask"][:prompts]  # [prompts, P]
+        gen_shape = (rows, c.num_kv_heads, glen, c.head_dim)
+        empty = lambda: self._constrain_gen(jnp.zeros(gen_shape, c.compute_dtype))
         eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
 
         def sample_and_write(state: DecodeState, logits: jax.Array) -> DecodeState:
@@ -343,22 +350,38 @@ class Sampler:
             return (state.step < max_new_tokens) & ~jnp.all(state.done)
 
         def body(state: DecodeState) -> DecodeState:
-            last = jax.lax.dynamic_index_in_dim(
-                state.tokens, state.step - 1, axis=1, keepdims=False
-            )  # [R]
-            # Token i (i = step - 1) goes to cache slot plen + i, the cache's index.
-            out = self.model.apply(
-                {"params": params}, last[:, None], state.positions[:, None], cache=state.cache
+            # Token i = step - 1 is fed: its key and value go to generated slot i, written
+            # before the layer reads the slots 0..i (in place, see `Attention`).
+            i = state.step - 1
+            last = jax.lax.dynamic_index_in_dim(state.tokens, i, axis=1, keepdims=False)
+            filled = (jnp.arange(glen) <= i)[None, :]
+            segments = [
+                (prompt_kv[layer], (state.gen_k[layer], state.gen_v[layer]))
+                for layer in range(c.num_layers)
+            ]
+            logits, gen = decode_step(
+                c,
+                params,
+                layers,
+                last[:, None],
+                state.positions[:, None],
+                segments,
+                (prompt_mask, filled),
+                append_at=i,
             )
-            cache = self._constrain_cache(out.cache)
-            state = state.replace(cache=cache, positions=state.positions + 1)
-            return sample_and_write(state, out.logits[:, 0])
+            state = state.replace(
+                gen_k=tuple(self._constrain_gen(k) for k, _ in gen),
+                gen_v=tuple(self._constrain_gen(v) for _, v in gen),
+                positions=state.positions + 1,
+            )
+            return sample_and_write(state, logits)
 
         state = DecodeState(
             step=jnp.zeros((), jnp.int32),
-            cache=cache,
+            gen_k=tuple(empty() for _ in range(c.num_layers)),
+            gen_v=tuple(empty() for _ in range(c.num_layers)),
             # The first new token sits right after the row's last real prompt token.
-            positions=jnp.sum(cache["mask"], axis=1, dtype=jnp.int32),
+            positions=jnp.repeat(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32), k),
             row_keys=jax.vmap(jax.random.fold_in, (None, 0))(rng, row),
             tokens=jnp.full((rows, glen), self.pad_id, jnp.int32),
             logprobs=jnp.zeros((rows, glen), jnp.float32),
@@ -367,7 +390,7 @@ class Sampler:
             done=row >= num_live,  # dummy rows are finished from the start
             stopped_by_eos=jnp.zeros((rows,), jnp.bool_),
         )
-        state = sample_and_write(state, jnp.take(last_logits, src, axis=0))
+        state = sample_and_write(state, jnp.repeat(last_logits[:prompts], k, axis=0))
         state = jax.lax.while_loop(cond, body, state)
         return {
             "tokens": state.tokens,

@@ -14,8 +14,10 @@ import pytest
 from jaxrl_reason.model import (
     ModelConfig,
     Transformer,
+    decode_step,
     default_positions,
     init_cache,
+    unstack_layers,
 )
 from tests.model.random_params import random_params
 
@@ -81,6 +83,53 @@ def test_cached_decoding_equals_full_forward(params, remat):
     np.testing.assert_array_equal(out.cache["mask"][:, :TOTAL], mask)
     real = np.asarray(mask)
     np.testing.assert_allclose(cached[real], full[real], rtol=0, atol=1e-5 * np.abs(full).max())
+
+
+def test_decode_step_with_a_shared_prompt_equals_full_forward(params):
+    """`decode_step`: two samples per prompt read the prompt's one cache (a segment shared
+    by 2 rows) and their own generated segment, written in place; every step's logits
+    equal a full forward pass over prompt + continuation."""
+    samples, new = 2, TOTAL - PROMPT
+    prompt_tokens, prompt_mask = _batch()
+    prompt_tokens, prompt_mask = prompt_tokens[:, :PROMPT], prompt_mask[:, :PROMPT]
+    rng = np.random.default_rng(1)
+    continuation = jnp.asarray(rng.integers(0, CONFIG.vocab_size, (6, new)), jnp.int32)
+    tokens = jnp.concatenate([jnp.repeat(prompt_tokens, samples, 0), continuation], axis=1)
+    mask = jnp.concatenate([jnp.repeat(prompt_mask, samples, 0), jnp.ones((6, new), bool)], 1)
+    full = np.asarray(_full_logits(params, tokens, mask))
+    positions = default_positions(mask)
+
+    cache = (
+        Transformer(CONFIG)
+        .apply(
+            {"params": params},
+            prompt_tokens,
+            default_positions(prompt_mask),
+            prompt_mask,
+            cache=init_cache(CONFIG, 3, PROMPT),
+        )
+        .cache
+    )
+    prompt_kv = [(cache["k"][i], cache["v"][i]) for i in range(CONFIG.num_layers)]
+    gen_shape = (6, CONFIG.num_kv_heads, new + 2, CONFIG.head_dim)  # 2 spare slots
+    gen = [(jnp.zeros(gen_shape), jnp.zeros(gen_shape))] * CONFIG.num_layers
+    step = jax.jit(functools.partial(decode_step, CONFIG))
+    layers = unstack_layers(params)
+    for t in range(new):
+        filled = (jnp.arange(new + 2) <= t)[None, :]
+        logits, gen = step(
+            params,
+            layers,
+            tokens[:, PROMPT + t : PROMPT + t + 1],
+            positions[:, PROMPT + t : PROMPT + t + 1],
+            [(p, g) for p, g in zip(prompt_kv, gen)],
+            (cache["mask"], filled),
+            jnp.int32(t),
+        )
+        np.testing.assert_allclose(
+            logits, full[:, PROMPT + t], rtol=0, atol=1e-5 * np.abs(full).max()
+        )
+    assert not np.any(np.asarray(gen[0][0])[:, :, new:])  # the spare slots were not written
 
 
 def test_left_padding_is_invisible(params):
