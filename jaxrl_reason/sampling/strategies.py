@@ -36,6 +36,25 @@ def _gather(x: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx[:, None], axis=-1)[:, 0]
 
 
+def _argmax(x: jax.Array) -> jax.Array:
+    """jnp.argmax over the last axis (the first index of the maximum), as a max and a min.
+
+    XLA:CPU lowers argmax to a slow variadic reduction (0.44 ms for [128, 1024] against
+    0.16 ms for this); the result is identical for finite inputs.
+    """
+    n = x.shape[-1]
+    is_max = x == jnp.max(x, axis=-1, keepdims=True)
+    first = jnp.min(jnp.where(is_max, jnp.arange(n, dtype=jnp.int32), n), axis=-1)
+    return jnp.minimum(first, n - 1)  # NaN rows (no max found) stay in range
+
+
+def _categorical(keys: jax.Array, logits: jax.Array) -> jax.Array:
+    """One draw per row from softmax(`logits`) [R, n]: `jax.random.categorical` per row
+    (the Gumbel-max trick with the same noise, so the same draws) with a faster argmax."""
+    gumbel = jax.vmap(lambda key: jax.random.gumbel(key, logits.shape[-1:], logits.dtype))(keys)
+    return _argmax(logits + gumbel)
+
+
 def nucleus_mask(sorted_logits: jax.Array, top_p: jax.Array) -> jax.Array:
     """Which of the descending-sorted candidates [R, n] are in the top-p nucleus.
 
@@ -62,7 +81,7 @@ def sample_step(
     logits = logits.astype(jnp.float32)
     policy = jax.nn.log_softmax(logits, axis=-1)  # [R, V]
     if strategy.greedy:
-        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        tokens = _argmax(logits)
         lp = _gather(policy, tokens)
         return StepSample(tokens, lp, lp)
 
@@ -71,7 +90,7 @@ def sample_step(
     top_k = strategy.top_k if 0 < strategy.top_k < vocab else 0
     if not top_k and not strategy.use_top_p:
         # Plain temperature sampling: no sort over the vocabulary.
-        tokens = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+        tokens = _categorical(keys, scaled)
         lp = _gather(jax.nn.log_softmax(scaled, axis=-1), tokens)
         return StepSample(tokens, lp, _gather(policy, tokens))
 
@@ -79,7 +98,7 @@ def sample_step(
     cand, cand_ids = jax.lax.top_k(scaled, top_k or vocab)  # [R, n], [R, n]
     if strategy.use_top_p:
         cand = jnp.where(nucleus_mask(cand, top_p), cand, -jnp.inf)
-    choice = jax.vmap(jax.random.categorical)(keys, cand)  # [R] index into candidates
+    choice = _categorical(keys, cand)  # [R] index into candidates
     tokens = _gather(cand_ids, choice).astype(jnp.int32)
     lp = _gather(jax.nn.log_softmax(cand, axis=-1), choice)
     return StepSample(tokens, lp, _gather(policy, tokens))

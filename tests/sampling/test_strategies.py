@@ -113,3 +113,21 @@ def test_top_k_larger_than_vocab_is_plain_temperature_sampling():
         Strategy(greedy=False, top_k=0, use_top_p=False),
     )
     assert a.tokens.tolist() == b.tokens.tolist()
+
+
+def test_fast_argmax_and_categorical_equal_jax_ones():
+    """The sampler's argmax (a max and a min, faster on CPU) picks the first maximum like
+    `jnp.argmax`, ties included, and its Gumbel-max draws equal `jax.random.categorical`'s
+    for the same keys, so swapping them changed no sample."""
+    from jaxrl_reason.sampling.strategies import _argmax, _categorical
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, (64, 50)).astype(np.float32)  # many ties
+    x[3] = -np.inf
+    x[4, 7] = np.inf
+    np.testing.assert_array_equal(_argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
+    logits = jnp.asarray(rng.normal(size=(256, 97)) * 3, jnp.float32)
+    keys = jax.random.split(jax.random.key(5), 256)
+    np.testing.assert_array_equal(
+        jax.jit(_categorical)(keys, logits), jax.vmap(jax.random.categorical)(keys, logits)
+    )
