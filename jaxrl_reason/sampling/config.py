@@ -22,6 +22,12 @@ def bucket_size(n: int, bucket: int) -> int:
     return -(-n // bucket) * bucket
 
 
+def chunk_sizes(length: int, chunks: int) -> tuple[int, ...]:
+    """`length` split into `min(chunks, length)` nearly equal parts, larger ones first."""
+    n = min(chunks, length)
+    return tuple(length // n + (j < length % n) for j in range(n))
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
@@ -37,6 +43,10 @@ class SamplingConfig:
     - `prompt_bucket`, `generation_bucket`, `batch_bucket`: the prompt length, the number
       of new tokens and the number of prompts are rounded up to a multiple of these (0 =
       next power of two) so that a run compiles a few programs, not one per batch.
+    - `decode_chunks`: the generated tokens' keys are kept in this many chunks, decoded
+      one loop each, so the first tokens do not attend over the empty slots of later
+      ones. More chunks read less cache but compile a longer program (one model step
+      per chunk).
     """
 
     num_samples: int = 1
@@ -48,6 +58,7 @@ class SamplingConfig:
     prompt_bucket: int = 32
     generation_bucket: int = 32
     batch_bucket: int = 0
+    decode_chunks: int = 4
 
     def __post_init__(self) -> None:
         # gin hands lists; a frozen dataclass must hold a hashable tuple.
@@ -73,6 +84,8 @@ class SamplingConfig:
                 f"SamplingConfig.top_p={self.top_p}: must be in (0, 1] "
                 "(1.0 = off); an empty nucleus cannot be sampled from"
             )
+        if self.decode_chunks < 1:
+            raise ValueError(f"SamplingConfig.decode_chunks={self.decode_chunks}: must be >= 1")
         for name in ("prompt_bucket", "generation_bucket", "batch_bucket"):
             if getattr(self, name) < 0:
                 raise ValueError(

@@ -54,7 +54,7 @@ from jaxrl_reason.parallel.rules import (
     logical_shardings,
     replicated,
 )
-from jaxrl_reason.sampling.config import SamplingConfig, bucket_size
+from jaxrl_reason.sampling.config import SamplingConfig, bucket_size, chunk_sizes
 from jaxrl_reason.sampling.prompts import Prompts, left_pad, validate_prompts
 from jaxrl_reason.sampling.strategies import Strategy, sample_step
 
@@ -86,8 +86,6 @@ class DecodeState:
     """Everything the decode loop carries. Row r is prompt r // K, sample r % K."""
 
     step: jax.Array  # [] int32: tokens generated so far (column of the next token)
-    gen_k: tuple[jax.Array, ...]  # per layer [R, K, glen, H]: the generated tokens' keys
-    gen_v: tuple[jax.Array, ...]  # and values
     positions: jax.Array  # [R] int32: RoPE position of the newest token
     row_keys: jax.Array  # [R] PRNG keys, one per row
     tokens: jax.Array  # [R, Tb] int32
@@ -175,7 +173,8 @@ class Sampler:
         strategy = Strategy(cfg.greedy, cfg.top_k, cfg.top_p < 1.0)
 
         prefill = self._program("prefill", rows_prefill, plen)
-        decode = self._program("decode", rows_prefill, plen, rows, glen, k, strategy, cfg.eos_ids)
+        chunks = chunk_sizes(glen, cfg.decode_chunks)
+        decode = self._program("decode", rows_prefill, plen, rows, chunks, k, strategy, cfg.eos_ids)
         with self._context():
             if self.mesh is not None:
                 params = jax.device_put(params, self._param_shardings)
@@ -287,7 +286,7 @@ class Sampler:
         rows_prefill: int,
         plen: int,
         rows: int,
-        glen: int,
+        chunks: tuple[int, ...],
         k: int,
         strategy: Strategy,
         eos_ids: tuple[int, ...],
@@ -303,12 +302,12 @@ class Sampler:
         self.compilations["decode"] += 1
         log.info(
             "compiling sampler decode: prompts=%d samples=%d rows=%d prompt_len=%d "
-            "gen_len=%d strategy=%s eos=%s",
+            "gen_chunks=%s strategy=%s eos=%s",
             rows_prefill,
             k,
             rows,
             plen,
-            glen,
+            chunks,
             strategy,
             eos_ids,
         )
@@ -316,15 +315,13 @@ class Sampler:
         row = jnp.arange(rows)
         prompts = rows // k  # row r continues prompt r // k (rows = k * prompts)
         layers = unstack_layers(params)  # sliced once, not at every step
-        # Each prompt's cache, computed once, is one segment shared by its K rows; the
-        # generated tokens' keys go to a second, per-row segment of `glen` slots.
+        # Each prompt's cache, computed once, is one segment shared by its K rows.
         prompt_kv = [
             (prompt_cache["k"][i, :prompts], prompt_cache["v"][i, :prompts])
             for i in range(c.num_layers)
         ]
         prompt_mask = prompt_cache["mask"][:prompts]  # [prompts, P]
-        gen_shape = (rows, c.num_kv_heads, glen, c.head_dim)
-        empty = lambda: self._constrain_gen(jnp.zeros(gen_shape, c.compute_dtype))
+        glen = sum(chunks)
         eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
 
         def sample_and_write(state: DecodeState, logits: jax.Array) -> DecodeState:
@@ -346,40 +343,48 @@ class Sampler:
                 stopped_by_eos=state.stopped_by_eos | hit_eos,
             )
 
-        def cond(state: DecodeState) -> jax.Array:
-            return (state.step < max_new_tokens) & ~jnp.all(state.done)
+        def decode_chunk(state: DecodeState, start: int, size: int, earlier: list) -> Any:
+            """Feed tokens start .. start + size - 1 (fewer if every row is done first).
 
-        def body(state: DecodeState) -> DecodeState:
-            # Token i = step - 1 is fed: its key and value go to generated slot i, written
-            # before the layer reads the slots 0..i (in place, see `Attention`).
-            i = state.step - 1
-            last = jax.lax.dynamic_index_in_dim(state.tokens, i, axis=1, keepdims=False)
-            filled = (jnp.arange(glen) <= i)[None, :]
-            segments = [
-                (prompt_kv[layer], (state.gen_k[layer], state.gen_v[layer]))
-                for layer in range(c.num_layers)
-            ]
-            logits, gen = decode_step(
-                c,
-                params,
-                layers,
-                last[:, None],
-                state.positions[:, None],
-                segments,
-                (prompt_mask, filled),
-                append_at=i,
-            )
-            state = state.replace(
-                gen_k=tuple(self._constrain_gen(k) for k, _ in gen),
-                gen_v=tuple(self._constrain_gen(v) for _, v in gen),
-                positions=state.positions + 1,
-            )
-            return sample_and_write(state, logits)
+            Their keys go to a fresh chunk of `size` slots per row and layer; `earlier[l]`
+            holds layer l's filled chunks, read-only. Returns the state and the chunk.
+            """
+            empty = jnp.zeros((rows, c.num_kv_heads, size, c.head_dim), c.compute_dtype)
+            chunk = tuple((self._constrain_gen(empty),) * 2 for _ in range(c.num_layers))
+            full = tuple(jnp.ones((1, s.shape[2]), jnp.bool_) for s, _ in earlier[0])
+
+            def cond(carry: tuple[DecodeState, Any]) -> jax.Array:
+                state = carry[0]
+                # The loop feeds token step - 1, so it runs while step - 1 is in the chunk.
+                in_chunk = state.step < start + size + 1
+                return in_chunk & (state.step < max_new_tokens) & ~jnp.all(state.done)
+
+            def body(carry: tuple[DecodeState, Any]) -> tuple[DecodeState, Any]:
+                state, chunk = carry
+                # Token i = step - 1 is fed: its key and value go to slot i - start of the
+                # chunk, written before the layers read slots 0 .. i - start (in place, see
+                # `Attention`).
+                i = state.step - 1
+                last = jax.lax.dynamic_index_in_dim(state.tokens, i, axis=1, keepdims=False)
+                filled = (jnp.arange(size) <= i - start)[None, :]
+                logits, chunk = decode_step(
+                    c,
+                    params,
+                    layers,
+                    last[:, None],
+                    state.positions[:, None],
+                    [(p, *e, kv) for p, e, kv in zip(prompt_kv, earlier, chunk)],
+                    (prompt_mask, *full, filled),
+                    append_at=i - start,
+                )
+                chunk = tuple(tuple(self._constrain_gen(a) for a in kv) for kv in chunk)
+                state = state.replace(positions=state.positions + 1)
+                return sample_and_write(state, logits), chunk
+
+            return jax.lax.while_loop(cond, body, (state, chunk))
 
         state = DecodeState(
             step=jnp.zeros((), jnp.int32),
-            gen_k=tuple(empty() for _ in range(c.num_layers)),
-            gen_v=tuple(empty() for _ in range(c.num_layers)),
             # The first new token sits right after the row's last real prompt token.
             positions=jnp.repeat(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32), k),
             row_keys=jax.vmap(jax.random.fold_in, (None, 0))(rng, row),
@@ -391,7 +396,14 @@ class Sampler:
             stopped_by_eos=jnp.zeros((rows,), jnp.bool_),
         )
         state = sample_and_write(state, jnp.repeat(last_logits[:prompts], k, axis=0))
-        state = jax.lax.while_loop(cond, body, state)
+        # The generated keys live in chunks, one while_loop each: while the first tokens
+        # are decoded, no step reads the empty slots of later chunks.
+        earlier: list[tuple] = [() for _ in range(c.num_layers)]
+        start = 0
+        for size in chunks:
+            state, chunk = decode_chunk(state, start, size, earlier)
+            earlier = [(*e, kv) for e, kv in zip(earlier, chunk)]
+            start += size
         return {
             "tokens": state.tokens,
             "logprobs": state.logprobs,

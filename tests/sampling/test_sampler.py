@@ -92,6 +92,22 @@ def test_same_key_same_samples_other_key_other_samples(tiny, sampler):
     assert not np.array_equal(a.tokens, c.tokens)
 
 
+def test_decode_chunks_change_no_sample(tiny, sampler):
+    """Keeping the generated keys in 1, 3 or 7 chunks (token boundaries at different
+    steps, a chunk cut short by max_new_tokens) gives the same samples and log-probs."""
+    _, params = tiny
+    sc = SamplingConfig(num_samples=4, max_new_tokens=13, temperature=0.8, eos_ids=(7,))
+    outs = [
+        sampler.sample(params, PROMPTS, sc.replace(decode_chunks=n), jax.random.key(3))
+        for n in (1, 3, 7)
+    ]
+    assert outs[0].stopped_by_eos.any() and not outs[0].stopped_by_eos.all()
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out.tokens, outs[0].tokens)
+        np.testing.assert_array_equal(out.lengths, outs[0].lengths)
+        np.testing.assert_allclose(out.policy_logprobs, outs[0].policy_logprobs, atol=1e-5)
+
+
 def test_prompts_in_one_bucket_compile_once(tiny):
     cfg, params = tiny
     sampler = Sampler(cfg, pad_id=PAD)

@@ -3,6 +3,7 @@ import math
 import pytest
 
 from jaxrl_reason.sampling import SamplingConfig, bucket_size
+from jaxrl_reason.sampling.config import chunk_sizes
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 31, 32, 33, 100])
@@ -10,6 +11,13 @@ def test_bucket_size_matches_formula(n):
     assert bucket_size(n, 32) == 32 * math.ceil(n / 32)
     assert bucket_size(n, 0) == 2 ** math.ceil(math.log2(n))
     assert bucket_size(n, 1) == n
+
+
+@pytest.mark.parametrize(("length", "chunks"), [(128, 4), (13, 3), (5, 8), (1, 1), (97, 4)])
+def test_chunk_sizes_cover_the_length_nearly_evenly(length, chunks):
+    sizes = chunk_sizes(length, chunks)
+    assert sum(sizes) == length and len(sizes) == min(chunks, length)
+    assert max(sizes) - min(sizes) <= 1 and list(sizes) == sorted(sizes, reverse=True)
 
 
 @pytest.mark.parametrize(
@@ -22,6 +30,7 @@ def test_bucket_size_matches_formula(n):
         ("max_new_tokens", 0, "max_new_tokens"),
         ("top_k", -1, "top_k"),
         ("prompt_bucket", -2, "prompt_bucket"),
+        ("decode_chunks", 0, "decode_chunks"),
     ],
 )
 def test_bad_config_names_the_field(field, value, words):
