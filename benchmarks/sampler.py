@@ -1,11 +1,13 @@
-"""Sampler throughput against peers: ours vs `transformers` generate (vs Tunix if installed).
+"""Sampler throughput against peers: ours, `transformers` generate, Tunix's sampler.
 
 Same model shape, float32, random weights, every system generates the full length (no
-EOS). Reports steady-state generated tokens/s (median of --repeats timed runs after one
-warm-up; the warm-up's extra time is reported as compile time) and a markdown table.
+EOS). Each system is built and run once (its first-call time minus the steady time is
+reported as compile time), then the systems are timed in turn, round-robin, --repeats
+times, so machine load falls on all of them alike; reported: median generated tokens/s
+and the ratios. Tunix is measured when `tunix` imports (BENCHMARKS.md says how).
 
     .venv/bin/python benchmarks/sampler.py            # both workloads
-    .venv/bin/python benchmarks/sampler.py --workloads W2 --repeats 5
+    .venv/bin/python benchmarks/sampler.py --workloads W2 --repeats 9
 """
 
 from __future__ import annotations
@@ -63,20 +65,24 @@ WORKLOADS = {
 }
 
 
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(first-call seconds, median steady-state seconds)."""
+def seconds(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
-    first = time.perf_counter() - start
-    times = []
+    return time.perf_counter() - start
+
+
+def round_robin(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, dict]:
+    """Each system's first-call seconds, then its median over `repeats` rounds in which
+    every system runs once."""
+    first = {name: seconds(run) for name, run in runs.items()}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
+        for name, run in runs.items():
+            times[name].append(seconds(run))
+    return {name: {"first": first[name], "median": statistics.median(times[name])} for name in runs}
 
 
-def bench_ours(w: Workload, prompts: np.ndarray, repeats: int) -> tuple[float, float]:
+def bench_ours(w: Workload, prompts: np.ndarray, repeats: int) -> Callable[[], None]:
     params = init_params(MODEL, jax.random.key(0))
     sampler = Sampler(MODEL, pad_id=0)
     cfg = SamplingConfig(
@@ -88,10 +94,10 @@ def bench_ours(w: Workload, prompts: np.ndarray, repeats: int) -> tuple[float, f
         out = sampler.sample(params, [list(p) for p in prompts], cfg, next(keys))
         assert out.lengths.min() == w.new_tokens
 
-    return timed(run, repeats)
+    return run
 
 
-def bench_transformers(w: Workload, prompts: np.ndarray, repeats: int) -> tuple[float, float]:
+def bench_transformers(w: Workload, prompts: np.ndarray, repeats: int) -> Callable[[], None]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -127,16 +133,83 @@ def bench_transformers(w: Workload, prompts: np.ndarray, repeats: int) -> tuple[
             out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
         assert out.shape == (w.prompts * w.samples, w.prompt_len + w.new_tokens)
 
-    return timed(run, repeats)
+    return run
 
 
 def tunix_reason() -> str | None:
     """None if Tunix can be imported, else why it is not measured."""
     try:
         import tunix.generate.sampler  # noqa: F401
+        import tunix.models.llama3.model  # noqa: F401
     except Exception as e:  # noqa: BLE001 - any import failure means "not measured"
         return f"`import tunix` failed ({type(e).__name__}: {e})"
     return None
+
+
+class IdTokenizer:
+    """Token ids written as text, for Tunix's sampler, which takes strings."""
+
+    def encode(self, text: str, **_: object) -> list[int]:
+        return [int(t) for t in text.split()]
+
+    def decode(self, ids: list[int], **_: object) -> str:
+        return " ".join(str(i) for i in ids)
+
+    def bos_id(self) -> int:
+        return 0  # falsy: Tunix then prepends no BOS
+
+    def eos_id(self) -> int:
+        return MODEL.vocab_size  # outside the vocabulary: never sampled
+
+    def pad_id(self) -> int:
+        return 0
+
+
+def bench_tunix(w: Workload, prompts: np.ndarray, repeats: int) -> Callable[[], None]:
+    """`tunix.generate.sampler.Sampler` over a `tunix.models.llama3` model of our shape.
+
+    Tunix has no K: each prompt is repeated K times. Its KV cache is sized exactly to
+    prompt + new tokens, the smallest it accepts.
+    """
+    from flax import nnx
+    from tunix.generate import sampler as tunix_sampler
+    from tunix.models.llama3 import model as tunix_llama
+
+    config = tunix_llama.ModelConfig(
+        num_layers=MODEL.num_layers,
+        vocab_size=MODEL.vocab_size,
+        embed_dim=MODEL.d_model,
+        hidden_dim=MODEL.mlp_dim,
+        num_heads=MODEL.num_heads,
+        head_dim=MODEL.head_dim,
+        num_kv_heads=MODEL.num_kv_heads,
+        rope_theta=int(MODEL.rope_theta),
+        norm_eps=MODEL.norm_eps,
+    )
+    model = tunix_llama.Llama3(config, rngs=nnx.Rngs(0))
+    cache = tunix_sampler.CacheConfig(
+        cache_size=w.prompt_len + w.new_tokens,
+        num_layers=MODEL.num_layers,
+        num_kv_heads=MODEL.num_kv_heads,
+        head_dim=MODEL.head_dim,
+    )
+    sampler = tunix_sampler.Sampler(model, IdTokenizer(), cache)
+    texts = [" ".join(map(str, p)) for p in prompts for _ in range(w.samples)]
+    sampling = dict(temperature=w.temperature, top_p=1.0) if w.temperature else {}
+    seeds = iter(range(repeats + 1))
+
+    def run() -> None:
+        out = sampler(
+            texts,
+            max_generation_steps=w.new_tokens,
+            max_prompt_length=w.prompt_len,
+            eos_tokens=[IdTokenizer().eos_id()],
+            seed=next(seeds),
+            **sampling,
+        )
+        assert {len(t) for t in out.tokens} == {w.new_tokens}
+
+    return run
 
 
 def matmul_flops_per_s() -> float:
@@ -162,52 +235,57 @@ def matmul_flops_per_s() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-transformers", action="store_true")
     args = parser.parse_args()
 
     peak = matmul_flops_per_s()
     tunix_missing = tunix_reason()
-    rows = []
+    systems = {"ours": bench_ours}
+    if not args.skip_transformers:
+        systems["transformers"] = bench_transformers
+    if not tunix_missing:
+        systems["tunix"] = bench_tunix
+    table = []
     for name in args.workloads:
         w = WORKLOADS[name]
         prompts = np.random.default_rng(0).integers(1, MODEL.vocab_size, (w.prompts, w.prompt_len))
-        first, steady = bench_ours(w, prompts, args.repeats)
-        ours = w.generated / steady
+        runs = {system: build(w, prompts, args.repeats) for system, build in systems.items()}
+        result = round_robin(runs, args.repeats)
+        rate = {system: w.generated / r["median"] for system, r in result.items()}
+        compile_s = {system: r["first"] - r["median"] for system, r in result.items()}
         # Decode FLOPs: each generated token attends over the prompt plus about half the
         # new tokens; prefill is counted once per prompt.
         ctx = w.prompt_len + w.new_tokens / 2
         flops = w.generated * MODEL.flops_per_token(
             int(ctx), backward=False
         ) + w.prompts * w.prompt_len * MODEL.flops_per_token(w.prompt_len, False)
-        frac = flops / steady / peak
-        hf = hf_first = None
-        if not args.skip_transformers:
-            hf_first, hf_steady = bench_transformers(w, prompts, args.repeats)
-            hf = w.generated / hf_steady
-        rows.append((w, ours, first - steady, frac, hf, hf_first))
+        frac = flops / result["ours"]["median"] / peak
+        table.append((w, rate, compile_s, frac))
         print(
-            f"{w.name}: ours {ours:,.0f} tok/s (compile {first - steady:.2f}s, "
-            f"{100 * frac:.1f}% of matmul rate)"
-            + (f"; transformers {hf:,.0f} tok/s" if hf else ""),
+            f"{w.name}: "
+            + ", ".join(f"{s} {rate[s]:,.0f} tok/s (compile {compile_s[s]:.2f}s)" for s in rate)
+            + f"; ours at {100 * frac:.1f}% of the matmul rate",
             flush=True,
         )
 
     print(f"\nmatmul rate (jitted float32): {peak / 1e9:.1f} GFLOP/s; devices: {jax.devices()}")
     print(
-        "\n| workload | ours tok/s | compile s | % matmul rate | transformers tok/s "
-        "| ours / transformers | Tunix |"
+        "\n| workload | ours tok/s (compile s) | % matmul rate | transformers tok/s "
+        "| ours / transformers | Tunix tok/s (compile s) | ours / Tunix |"
     )
     print("|---|---|---|---|---|---|---|")
-    for w, ours, compile_s, frac, hf, _ in rows:
-        hf_cell = f"{hf:,.0f}" if hf else "n/a"
-        ratio = f"{ours / hf:.2f}x" if hf else "n/a"
-        tunix = "not measured" if tunix_missing else "see below"
-        print(
-            f"| {w.name} (B={w.prompts}, P={w.prompt_len}, K={w.samples}, "
-            f"T={w.new_tokens}) | {ours:,.0f} | {compile_s:.2f} | {100 * frac:.1f}% "
-            f"| {hf_cell} | {ratio} | {tunix} |"
-        )
+    for w, rate, compile_s, frac in table:
+        cells = [f"{rate['ours']:,.0f} ({compile_s['ours']:.1f})", f"{100 * frac:.1f}%"]
+        hf = rate.get("transformers")
+        cells += [f"{hf:,.0f}", f"{rate['ours'] / hf:.2f}x"] if hf else ["n/a", "n/a"]
+        tx = rate.get("tunix")
+        if tx:
+            cells += [f"{tx:,.0f} ({compile_s['tunix']:.1f})", f"{rate['ours'] / tx:.2f}x"]
+        else:
+            cells += ["not measured", "n/a"]
+        shape = f"B={w.prompts}, P={w.prompt_len}, K={w.samples}, T={w.new_tokens}"
+        print(f"| {w.name} ({shape}) | " + " | ".join(cells) + " |")
     if tunix_missing:
         print(f"\nTunix not measured: {tunix_missing}")
 
