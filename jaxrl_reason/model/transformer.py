@@ -133,7 +133,7 @@ class Attention(nn.Module):
         by its K samples, so it is stored and read once). `segment_masks` [B / g or 1, S]
         mark each segment's filled slots. Returns the output and `new_kv`:
           - `append_at` None: the new tokens' (k, v) [B, K, T, H], for the caller to write
-            into its cache (None without segments);
+            into its cache (None when `segments_kv` is None: no cache to write to);
           - `append_at` a slot (decoding, T = 1): the new token's k, v are first written at
             that slot of the last segment, which is then attended (its mask must already
             mark the slot), and the updated segment is returned. Writing before reading
@@ -173,12 +173,12 @@ class Attention(nn.Module):
                 for buf, a in zip(last, (key, val))
             )
             segments_kv = (*earlier, new_kv)
-        elif segments_kv:
+        elif segments_kv is not None:
             new_kv = tuple(jnp.swapaxes(a, 1, 2) for a in (key, val))  # [B, K, T, H]
 
         q = q.reshape(b, t, k, n // k, h) * (h**-0.5)  # [B, T, K, G, H]
         scores, groups = [], []
-        for (seg_k, _), seg_mask in zip(segments_kv, segment_masks, strict=True):
+        for (seg_k, _), seg_mask in zip(segments_kv or (), segment_masks, strict=True):
             g = b // seg_k.shape[0]  # rows per segment row: J below
             qg = q.reshape(b // g, g, *q.shape[1:])
             s = jnp.einsum("BJTKGH,BKSH->BJKGTS", qg, seg_k.astype(dt)).astype(jnp.float32)
@@ -190,7 +190,7 @@ class Attention(nn.Module):
             scores.append(jnp.where(new_mask[:, None, None], s, _MASKED))
         probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(dt)
         start, out = 0, 0
-        for (_, seg_v), g in zip(segments_kv, groups):
+        for (_, seg_v), g in zip(segments_kv or (), groups):
             size = seg_v.shape[2]
             p = probs[..., start : start + size]
             p = p.reshape(b // g, g, *p.shape[1:])
@@ -244,8 +244,9 @@ class Transformer(nn.Module):
     """Decoder-only LM with optional scalar heads ("value", "reward") on the shared trunk.
 
     `__call__(tokens [B, T], positions [B, T], input_mask [B, T] | None, cache | None)`
-    returns a `ModelOutput`. Without a cache the call attends within `tokens`; with one it
-    appends `tokens` at `cache["index"]` and attends over every filled slot.
+    returns a `ModelOutput`. Without a cache the call attends within `tokens` (and with
+    `return_kv` returns a cache of exactly those T slots: a prefill); with one it appends
+    `tokens` at `cache["index"]` and attends over every filled slot.
     """
 
     config: ModelConfig
@@ -260,6 +261,7 @@ class Transformer(nn.Module):
         cache: Cache | None = None,
         last_logits_only: bool = False,
         return_logits: bool = True,
+        return_kv: bool = False,
     ) -> ModelOutput:
         c = self.config
         for name in self.heads:
@@ -288,7 +290,8 @@ class Transformer(nn.Module):
         causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
         new_mask = causal[None] & input_mask[:, None, :]
         if cache is None:
-            segments_kv = segment_masks = ()
+            # With `return_kv`, an empty segment list: attend within `tokens`, return k, v.
+            segments_kv, segment_masks = (() if return_kv else None), ()
         else:
             cache_index = cache["index"]
             filled = jnp.arange(cache["mask"].shape[1]) < cache_index
@@ -311,7 +314,11 @@ class Transformer(nn.Module):
 
         hidden = RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype, name="final_norm")(x)
         new_cache = None
-        if cache is not None:
+        if cache is None and return_kv:
+            # A cache holding exactly these tokens, as `init_cache` + this call would make.
+            k_new, v_new = (a.astype(c.compute_dtype) for a in new_kv)
+            new_cache = {"k": k_new, "v": v_new, "mask": input_mask, "index": jnp.int32(t)}
+        elif cache is not None:
             # One in-place write of the new tokens' k, v [L, B, K, T, H] at slot `index`.
             at = (0, 0, 0, cache_index, 0)
             new_cache = {

@@ -41,7 +41,6 @@ from jaxrl_reason.model.transformer import (
     Transformer,
     decode_step,
     default_positions,
-    init_cache,
     param_logical_axes,
     unstack_layers,
 )
@@ -269,14 +268,13 @@ class Sampler:
         """The prompt's KV cache {k, v [L, Bp, K, P, H], mask [Bp, P]} and last logits [Bp, V]."""
         self.compilations["prefill"] += 1
         log.info("compiling sampler prefill: prompts=%d prompt_len=%d", rows, plen)
-        cache = init_cache(self.config, rows, plen)
         out = self.model.apply(
             {"params": params},
             ids,
             default_positions(mask),
             mask,
-            cache=cache,
             last_logits_only=True,
+            return_kv=True,
         )
         prompt_cache = {name: out.cache[name] for name in ("k", "v", "mask")}
         return prompt_cache, out.logits[:, 0]

@@ -85,6 +85,28 @@ def test_cached_decoding_equals_full_forward(params, remat):
     np.testing.assert_allclose(cached[real], full[real], rtol=0, atol=1e-5 * np.abs(full).max())
 
 
+def test_return_kv_prefill_equals_a_cached_call(params):
+    """`return_kv` without a cache (the sampler's prefill) gives the keys, values, mask and
+    logits of a call into an empty cache of the same length."""
+    tokens, mask = _batch()
+    positions = default_positions(mask)
+    model = Transformer(CONFIG)
+    cached = model.apply(
+        {"params": params}, tokens, positions, mask, cache=init_cache(CONFIG, 3, TOTAL)
+    )
+    direct = model.apply({"params": params}, tokens, positions, mask, return_kv=True)
+    real = np.asarray(mask)[:, None, :]  # padding slots' keys are never read
+    for name in ("k", "v"):
+        assert direct.cache[name].shape == cached.cache[name].shape
+        want = np.where(real[None, ..., None], cached.cache[name], 0)
+        got = np.where(real[None, ..., None], direct.cache[name], 0)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_array_equal(direct.cache["mask"], cached.cache["mask"])
+    assert int(direct.cache["index"]) == TOTAL
+    np.testing.assert_allclose(direct.logits[real[:, 0]], cached.logits[real[:, 0]], atol=1e-4)
+    assert model.apply({"params": params}, tokens, positions, mask).cache is None
+
+
 def test_decode_step_with_a_shared_prompt_equals_full_forward(params):
     """`decode_step`: two samples per prompt read the prompt's one cache (a segment shared
     by 2 rows) and their own generated segment, written in place; every step's logits
