@@ -194,13 +194,15 @@ class Attention(nn.Module):
             size = seg_v.shape[2]
             p = probs[..., start : start + size]
             p = p.reshape(b // g, g, *p.shape[1:])
-            o = jnp.einsum("BJKGTS,BKSH->BJTKGH", p, seg_v.astype(dt))
+            o = jnp.einsum("BJKGTS,BKSH->BJKGTH", p, seg_v.astype(dt))
             out = out + o.reshape(b, *o.shape[2:])
             start += size
         if append_at is None:
-            out = out + jnp.einsum("BKGTS,BSKH->BTKGH", probs[..., start:], val)
-        out = out.reshape(b, t, n, h)
-        return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt)), new_kv
+            out = out + jnp.einsum("BKGTS,BSKH->BKGTH", probs[..., start:], val)
+        # Project as a plain matmul [B, T, N * H] x [N * H, D]: contracting (N, H) as two
+        # axes, XLA:CPU transposed `wo` at every decode step (the layouts it chose).
+        out = jnp.moveaxis(out, 3, 1).reshape(b, t, n * h)
+        return jnp.einsum("BTF,FD->BTD", out, wo.reshape(n * h, d).astype(dt)), new_kv
 
 
 class Mlp(nn.Module):
