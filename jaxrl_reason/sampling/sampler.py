@@ -60,6 +60,25 @@ from jaxrl_reason.sampling.strategies import Strategy, sample_step
 log = logging.getLogger(__name__)
 CACHE_AXES = ("layers", "batch", "kv_heads", "length", "head_dim")
 
+# A decode step's matmuls are [rows, d_model] x weight. With few rows, XLA:CPU's YNNPACK
+# fusions (its default for matmuls) lose to Eigen's: each splits across the thread pool
+# and the synchronisation costs more than it saves. At or below this many rows per device
+# the decode program turns them off (2-core machine, benchmarks/sampler.py W1, 8 rows:
+# ~10% faster; at 32 rows and more YNNPACK was faster).
+CPU_EIGEN_MAX_ROWS = 16
+_NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def _cpu_without_ynn() -> dict[str, Any] | None:
+    """`_NO_YNN` if this jaxlib knows the option (older ones have no YNNPACK), else None."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=_NO_YNN).lower(np.int32(0)).compile()
+    except Exception:  # noqa: BLE001 - any failure means "not supported here"
+        log.info("XLA has no %s; decode keeps its default matmuls", *_NO_YNN)
+        return None
+    return dict(_NO_YNN)
+
 
 @dataclasses.dataclass(frozen=True)
 class SampleOutput:
@@ -244,8 +263,21 @@ class Sampler:
                         },
                     )
             fn = self._prefill_fn if kind == "prefill" else self._decode_fn
+            if kind == "decode":
+                rows = static[2]
+                shard["compiler_options"] = self._decode_compiler_options(rows)
             self._jitted[key] = jax.jit(functools.partial(fn, *static), **shard)
         return self._jitted[key]
+
+    def _decode_compiler_options(self, rows: int) -> dict[str, Any] | None:
+        """XLA options for a decode program of `rows` rows: on a CPU with few rows per
+        device, Eigen's matmuls instead of YNNPACK's (see `CPU_EIGEN_MAX_ROWS`)."""
+        devices = self.mesh.devices.flat if self.mesh is not None else jax.devices()
+        if next(iter(devices)).platform != "cpu":
+            return None
+        if rows // self._row_multiple > CPU_EIGEN_MAX_ROWS:
+            return None
+        return _cpu_without_ynn()
 
     def _sharding(self, *logical_axes: str) -> Any:
         return nn.logical_to_mesh_sharding(PartitionSpec(*logical_axes), self.mesh, self.rules)
