@@ -9,6 +9,7 @@ from jaxrl_reason.model.transformer import (
     init_cache,
     init_params,
     param_logical_axes,
+    rope_table,
     unstack_layers,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "init_params",
     "model_config",
     "param_logical_axes",
+    "rope_table",
     "unstack_layers",
 ]

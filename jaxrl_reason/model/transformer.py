@@ -80,6 +80,12 @@ def rope_tables(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, j
     return jnp.cos(angles), jnp.sin(angles)
 
 
+def rope_table(num_positions: int, config: ModelConfig) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [num_positions, H/2] of positions 0 .. num_positions - 1 (for lookups)."""
+    cos, sin = rope_tables(jnp.arange(num_positions)[None], rope_frequencies(config))
+    return cos[0, :, 0], sin[0, :, 0]
+
+
 def apply_rope(x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
     """Rotate halves (the HF Llama convention) of x [B, T, n, H] by `rope_tables`."""
     cos, sin = rope
@@ -380,6 +386,7 @@ def decode_step(
     segments_kv: list[tuple[tuple[jax.Array, jax.Array], ...]],
     segment_masks: tuple[jax.Array, ...],
     append_at: jax.Array,
+    rope_table: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
     """One new token per row (`tokens`, `positions` [B, 1]) with the layers unrolled.
 
@@ -387,7 +394,10 @@ def decode_step(
     cached (k, v) segments of layer l and `segment_masks` their filled slots, shared by
     every layer (see `Attention`: a segment may be shared by consecutive rows). The new
     token's key and value are written at slot `append_at` of each layer's last segment
-    (whose mask must include that slot). Returns logits [B, V] float32 and each layer's
+    (whose mask must include that slot). `rope_table`: `rope_table(n, config)` with n
+    above every position, made once before a decode loop; without it the step computes
+    its sines and cosines, which XLA:CPU recomputes in every fusion that reads them
+    (per element of each layer's q and k). Returns logits [B, V] float32 and each layer's
     updated last segment. The same computation as `Transformer.__call__` with a cache of
     those keys (tests/model/test_transformer.py checks they agree).
     """
@@ -396,7 +406,10 @@ def decode_step(
     x = jnp.take(table, tokens, axis=0).astype(c.compute_dtype)  # [B, 1, D]
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     no_mask = jnp.ones((tokens.shape[0], 1, 1), jnp.bool_)  # unused with append_at
-    rope = rope_tables(positions, rope_frequencies(c))
+    if rope_table is None:
+        rope = rope_tables(positions, rope_frequencies(c))
+    else:
+        rope = tuple(jnp.take(a, positions, axis=0)[:, :, None, :] for a in rope_table)
     block = Block(c)
     updated = []
     for layer_params, layer_segments in zip(layers, segments_kv, strict=True):

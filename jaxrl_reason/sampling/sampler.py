@@ -42,6 +42,7 @@ from jaxrl_reason.model.transformer import (
     decode_step,
     default_positions,
     param_logical_axes,
+    rope_table,
     unstack_layers,
 )
 from jaxrl_reason.parallel.rules import (
@@ -352,6 +353,7 @@ class Sampler:
         ]
         prompt_mask = prompt_cache["mask"][:prompts]  # [prompts, P]
         glen = sum(chunks)
+        rope = rope_table(plen + glen, c)  # every position a row can reach, computed once
         eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
 
         def sample_and_write(state: DecodeState, logits: jax.Array) -> DecodeState:
@@ -406,6 +408,7 @@ class Sampler:
                     [(p, *e, kv) for p, e, kv in zip(prompt_kv, earlier, chunk)],
                     (prompt_mask, *full, filled),
                     append_at=i - start,
+                    rope_table=rope,
                 )
                 chunk = tuple(tuple(self._constrain_gen(a) for a in kv) for kv in chunk)
                 state = state.replace(positions=state.positions + 1)

@@ -17,6 +17,7 @@ from jaxrl_reason.model import (
     decode_step,
     default_positions,
     init_cache,
+    rope_table,
     unstack_layers,
 )
 from tests.model.random_params import random_params
@@ -107,10 +108,12 @@ def test_return_kv_prefill_equals_a_cached_call(params):
     assert model.apply({"params": params}, tokens, positions, mask).cache is None
 
 
-def test_decode_step_with_a_shared_prompt_equals_full_forward(params):
+@pytest.mark.parametrize("table", [False, True], ids=["rope computed", "rope table"])
+def test_decode_step_with_a_shared_prompt_equals_full_forward(params, table):
     """`decode_step`: two samples per prompt read the prompt's one cache (a segment shared
     by 2 rows) and their own generated segment, written in place; every step's logits
-    equal a full forward pass over prompt + continuation."""
+    equal a full forward pass over prompt + continuation, with RoPE computed in the step
+    or looked up in a `rope_table`."""
     samples, new = 2, TOTAL - PROMPT
     prompt_tokens, prompt_mask = _batch()
     prompt_tokens, prompt_mask = prompt_tokens[:, :PROMPT], prompt_mask[:, :PROMPT]
@@ -136,6 +139,7 @@ def test_decode_step_with_a_shared_prompt_equals_full_forward(params):
     gen_shape = (6, CONFIG.num_kv_heads, new + 2, CONFIG.head_dim)  # 2 spare slots
     gen = [(jnp.zeros(gen_shape), jnp.zeros(gen_shape))] * CONFIG.num_layers
     step = jax.jit(functools.partial(decode_step, CONFIG))
+    rope = rope_table(TOTAL, CONFIG) if table else None
     layers = unstack_layers(params)
     for t in range(new):
         filled = (jnp.arange(new + 2) <= t)[None, :]
@@ -147,6 +151,7 @@ def test_decode_step_with_a_shared_prompt_equals_full_forward(params):
             [(p, g) for p, g in zip(prompt_kv, gen)],
             (cache["mask"], filled),
             jnp.int32(t),
+            rope,
         )
         np.testing.assert_allclose(
             logits, full[:, PROMPT + t], rtol=0, atol=1e-5 * np.abs(full).max()
