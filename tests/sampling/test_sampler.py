@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from jaxrl_reason.sampling import Sampler, SamplingConfig
+from jaxrl_reason.sampling import sampler as sampler_lib
 from tests.sampling.conftest import full_forward_logits, greedy_reference
 from tests.sampling.test_strategies import reference_distribution
 
@@ -106,6 +107,27 @@ def test_decode_chunks_change_no_sample(tiny, sampler):
         np.testing.assert_array_equal(out.tokens, outs[0].tokens)
         np.testing.assert_array_equal(out.lengths, outs[0].lengths)
         np.testing.assert_allclose(out.policy_logprobs, outs[0].policy_logprobs, atol=1e-5)
+
+
+def test_cpu_matmul_choice_changes_no_sample(tiny, monkeypatch):
+    """On a CPU, a decode of few rows compiles with Eigen's matmuls instead of YNNPACK's
+    (`CPU_EIGEN_MAX_ROWS`); both programs give the same samples and log-probs."""
+    _, params = tiny
+    sc = SamplingConfig(num_samples=4, max_new_tokens=10, temperature=0.8, eos_ids=(7,))
+    small = Sampler(tiny[0], pad_id=PAD)
+    rows = 16  # 3 prompts, bucketed to 4, x 4 samples
+    if jax.devices()[0].platform != "cpu" or sampler_lib._cpu_without_ynn() is None:
+        pytest.skip("needs XLA:CPU with YNNPACK fusions")
+    assert small._decode_compiler_options(rows) == sampler_lib._NO_YNN
+    monkeypatch.setattr(sampler_lib, "CPU_EIGEN_MAX_ROWS", rows - 1)
+    default = Sampler(tiny[0], pad_id=PAD)
+    assert default._decode_compiler_options(rows) is None
+    a = default.sample(params, PROMPTS, sc, jax.random.key(5))
+    monkeypatch.undo()
+    b = small.sample(params, PROMPTS, sc, jax.random.key(5))
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.lengths, b.lengths)
+    np.testing.assert_allclose(a.policy_logprobs, b.policy_logprobs, atol=1e-5)
 
 
 def test_prompts_in_one_bucket_compile_once(tiny):
