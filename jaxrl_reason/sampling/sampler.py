@@ -13,6 +13,10 @@ reading it. Shapes are bucketed
 (prompt length, generation length, number of prompts) so a long run compiles a few
 programs; each compilation is logged at INFO and counted in `Sampler.compilations`.
 
+On CPUs, a decode of few rows per device is compiled with Eigen's matmuls instead of
+XLA's default YNNPACK fusions (`CPU_EIGEN_MAX_ROWS`), faster there and equal up to float
+rounding (tests/sampling/test_sampler.py checks the samples agree).
+
 Row counts are rounded up to a multiple of the mesh's batch shards; extra rows are dummies
 that start finished. Each row draws its randomness from `fold_in(fold_in(rng, row), step)`,
 so the samples for a fixed key do not depend on the sharding or the padding.
@@ -265,7 +269,7 @@ class Sampler:
                     )
             fn = self._prefill_fn if kind == "prefill" else self._decode_fn
             if kind == "decode":
-                rows = static[2]
+                _, _, rows, *_ = static  # rows_prefill, plen, rows, chunks, ...
                 shard["compiler_options"] = self._decode_compiler_options(rows)
             self._jitted[key] = jax.jit(functools.partial(fn, *static), **shard)
         return self._jitted[key]
