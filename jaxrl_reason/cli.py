@@ -9,9 +9,16 @@ from collections.abc import Sequence
 
 
 def _train(args: argparse.Namespace) -> None:
-    from jaxrl_reason.experiment import run_from_config
+    """Parse gin, run the experiment, record the resolved config."""
+    from jaxrl_reason.configuration import parse_config, write_resolved_config
+    from jaxrl_reason.evaluation.evaluate import EvalConfig
+    from jaxrl_reason.evaluation.report import markdown_table
+    from jaxrl_reason.experiment import train_experiment
 
-    run_from_config(args.config, args.gin_param, args.workdir)
+    parse_config(args.config, args.gin_param)
+    rows = train_experiment(args.workdir)
+    write_resolved_config(args.workdir)
+    print(markdown_table(rows, EvalConfig().num_samples))
 
 
 def _eval(args: argparse.Namespace) -> None:

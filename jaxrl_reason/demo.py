@@ -27,8 +27,8 @@ from jaxrl_reason.algorithms.rcrl import RCRLConfig
 from jaxrl_reason.algorithms.sft import SFTConfig
 from jaxrl_reason.evaluation.evaluate import EvalConfig
 from jaxrl_reason.evaluation.report import markdown_table
-from jaxrl_reason.experiment import train_experiment
-from jaxrl_reason.model import ModelConfig
+from jaxrl_reason.experiment import ModelSetup, TaskConfig, train_experiment
+from jaxrl_reason.model import PRESETS, ModelConfig
 from jaxrl_reason.training.optimizer import OptimizerConfig
 
 
@@ -49,22 +49,16 @@ class DemoScale:
     warmup_steps: int
 
 
-_MODEL = ModelConfig(
-    vocab_size=512,
-    d_model=128,
-    num_layers=4,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=32,
-    mlp_dim=384,
-    max_seq_len=256,
-)
+def _sample_fine_tune(**settings: Any) -> dict[str, Any]:
+    """EI's and RCRL's configs from the settings they share: the demo gives both the same."""
+    return {"ei": ExpertIterationConfig(**settings), "rcrl": RCRLConfig(**settings)}
+
 
 SCALES = {
     "default": DemoScale(
         num_train=4000,
         num_eval=200,
-        model=_MODEL,
+        model=PRESETS["demo"](),
         sft=SFTConfig(
             num_epochs=2,
             batch_size=32,
@@ -72,9 +66,9 @@ SCALES = {
             checkpoint_every=200,
             evaluate_each_epoch=False,
         ),
-        ei=ExpertIterationConfig(
+        **_sample_fine_tune(
             num_rounds=2,
-            samples_per_question=4,
+            num_samples=4,
             temperature=0.7,
             max_new_tokens=128,
             questions_per_round=500,
@@ -88,7 +82,7 @@ SCALES = {
         ppo=PPOConfig(
             num_iterations=8,
             prompts_per_iteration=64,
-            samples_per_prompt=4,
+            num_samples=4,
             temperature=0.7,
             max_new_tokens=128,
             epochs_per_iteration=2,
@@ -98,20 +92,8 @@ SCALES = {
             prompts_per_call=64,
             eval_every=4,
         ),
-        rcrl=RCRLConfig(
-            num_rounds=2,
-            samples_per_question=4,
-            temperature=0.7,
-            max_new_tokens=128,
-            questions_per_round=500,
-            epochs_per_round=2.0,
-            learning_rate=1e-3,
-            batch_size=32,
-            max_len=192,
-            prompts_per_call=250,
-        ),
         orm=ORMConfig(
-            samples_per_question=4,
+            num_samples=4,
             temperature=0.7,
             max_new_tokens=128,
             num_questions=500,
@@ -129,20 +111,11 @@ SCALES = {
     "smoke": DemoScale(
         num_train=96,
         num_eval=8,
-        model=ModelConfig(
-            vocab_size=512,
-            d_model=32,
-            num_layers=2,
-            num_heads=2,
-            num_kv_heads=1,
-            head_dim=16,
-            mlp_dim=64,
-            max_seq_len=256,
-        ),
+        model=PRESETS["demo_smoke"](),
         sft=SFTConfig(num_epochs=1, batch_size=16, max_len=192, checkpoint_every=100),
-        ei=ExpertIterationConfig(
+        **_sample_fine_tune(
             num_rounds=1,
-            samples_per_question=2,
+            num_samples=2,
             max_new_tokens=32,
             questions_per_round=16,
             epochs_per_round=1.0,
@@ -153,24 +126,14 @@ SCALES = {
         ppo=PPOConfig(
             num_iterations=2,
             prompts_per_iteration=8,
-            samples_per_prompt=2,
+            num_samples=2,
             max_new_tokens=32,
             epochs_per_iteration=1,
             minibatch_size=8,
             prompts_per_call=8,
         ),
-        rcrl=RCRLConfig(
-            num_rounds=1,
-            samples_per_question=2,
-            max_new_tokens=32,
-            questions_per_round=16,
-            epochs_per_round=1.0,
-            batch_size=8,
-            max_len=192,
-            prompts_per_call=16,
-        ),
         orm=ORMConfig(
-            samples_per_question=2,
+            num_samples=2,
             max_new_tokens=32,
             num_questions=16,
             epochs=1.0,
@@ -186,6 +149,13 @@ SCALES = {
 }
 
 
+def expand_ppo(algorithms: Sequence[str], ppo_rewards: Sequence[str]) -> tuple[str, ...]:
+    """ "ppo" becomes one PPO run per reward ("ppo:sparse", "ppo:dense" ...), in place."""
+    return tuple(
+        n for a in algorithms for n in ([f"ppo:{r}" for r in ppo_rewards] if a == "ppo" else [a])
+    )
+
+
 def run_demo(
     workdir: str | os.PathLike = "workdirs/demo",
     algorithms: Sequence[str] = ("sft", "ei"),
@@ -199,23 +169,16 @@ def run_demo(
         raise ValueError(f"unknown demo scale {scale!r}; choose one of {sorted(SCALES)}")
     s = SCALES[scale]
     start = time.perf_counter()
+    configs = {"sft": s.sft, "ei": s.ei, "ppo": s.ppo, "rcrl": s.rcrl, "orm": s.orm}
     rows = train_experiment(
         workdir,
-        task="arith",
-        algorithms=algorithms,
-        num_train=s.num_train,
-        num_eval=s.num_eval,
-        tokenizer_vocab_size=s.model.vocab_size,
-        model=s.model,
-        seed=seed,
-        sft=dataclasses.replace(s.sft, seed=seed),
-        ei=dataclasses.replace(s.ei, seed=seed),
-        ppo=dataclasses.replace(s.ppo, seed=seed),
-        ppo_rewards=ppo_rewards,
-        rcrl=dataclasses.replace(s.rcrl, seed=seed),
-        orm=dataclasses.replace(s.orm, seed=seed),
+        task=TaskConfig("arith", num_train=s.num_train, num_eval=s.num_eval),
+        model=ModelSetup(config=s.model, tokenizer_vocab_size=s.model.vocab_size),
+        algorithms=expand_ppo(algorithms, ppo_rewards),
+        configs={name: dataclasses.replace(cfg, seed=seed) for name, cfg in configs.items()},
         optimizer=OptimizerConfig(learning_rate=s.learning_rate, warmup_steps=s.warmup_steps),
         evaluation=dataclasses.replace(s.evaluation, seed=seed),
+        seed=seed,
         show_progress=show_progress,
     )
     minutes = (time.perf_counter() - start) / 60

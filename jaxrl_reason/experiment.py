@@ -1,16 +1,21 @@
-"""One experiment in one workdir: task, tokenizer, model, then SFT and the RL algorithms.
+"""One experiment in one workdir: a task, a model, then SFT and the registered RL algorithms.
 
-`jaxrl-reason train CONFIG.gin --workdir DIR` calls `run_from_config`; the demo calls
-`train_experiment` with its built-in settings. The workdir holds:
+`jaxrl-reason train CONFIG.gin --workdir DIR` and `jaxrl-reason demo` call
+`train_experiment`. Every RL algorithm starts from SFT's result (or the initial model when
+SFT is not listed) and runs on the one loop (`algorithms/rounds.py`); an algorithm that
+needs the ORM gets one trained first. The workdir holds:
 
-  run.json              model config, tokenizer path, prompt format, task (for `eval`)
-  config.gin            the resolved gin config
+  run.json              layout version, task, model config, tokenizer, prompt format, and for
+                        each finished phase what `eval` needs (policy step, prompt format)
+  config.gin            the resolved gin config (`jaxrl-reason train`)
   tokenizer.model       when the tokenizer was trained for this run
-  sft/ ei/ rcrl/        each algorithm's checkpoints, metrics and state
-  ppo_<reward>/         one PPO run per reward (sparse, dense, orm, dense_orm)
-  orm/                  the outcome reward model: labelled samples, checkpoints, orm/
+  sft/                  SFT's checkpoints and metrics
+  <phase>/              each RL phase (ei, rcrl, ppo_<reward>, orm): its phase state, round
+                        scratch and metrics (see algorithms/rounds.py)
   policy/               params after each finished phase (`eval --step N` reads these)
+  <phase>_eval.json     each phase's final evaluation
   results.json / .md    one row per method: maj@1, maj@K, rerank@K, pass@K, samples drawn
+  results.png           maj@1 against samples drawn
   eval.json             written by `jaxrl-reason eval`
 
 Re-running the same command on the same workdir resumes every phase where it stopped.
@@ -19,36 +24,71 @@ Re-running the same command on the same workdir resumes every phase where it sto
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import gin
 import jax
 
-from jaxrl_reason.algorithms.expert_iteration import ExpertIterationConfig, run_expert_iteration
 from jaxrl_reason.algorithms.orm_scoring import ORMScorer, load_orm
-from jaxrl_reason.algorithms.orm_training import ORMConfig, run_orm_training
-from jaxrl_reason.algorithms.policy import Policy, load_policy, save_policy
-from jaxrl_reason.algorithms.ppo import PPO_REWARDS, PPOConfig, run_ppo
-from jaxrl_reason.algorithms.rcrl import RCRLConfig, rcrl_policy, run_rcrl
-from jaxrl_reason.algorithms.return_conditioning import return_tokens
-from jaxrl_reason.algorithms.sft import SFTConfig, flat_summary, run_sft
+from jaxrl_reason.algorithms.policy import Policy
+from jaxrl_reason.algorithms.registry import build_algorithm, names
+from jaxrl_reason.algorithms.rounds import PhaseContext, PhaseResult, run_rounds
+from jaxrl_reason.algorithms.sft import SFTConfig, run_sft
 from jaxrl_reason.data.prompts import PromptFormat, prompt_format
 from jaxrl_reason.data.tasks import load_task
 from jaxrl_reason.data.tokenizer import load_tokenizer, train_tokenizer_for_task
-from jaxrl_reason.evaluation.evaluate import EvalConfig, Scorer
-from jaxrl_reason.evaluation.report import markdown_table, plot_accuracy_vs_samples, write_json
-from jaxrl_reason.model import ModelConfig, init_params, model_config, param_logical_axes
-from jaxrl_reason.parallel import logical_shardings, make_mesh
+from jaxrl_reason.evaluation.evaluate import EvalConfig, flat_summary
+from jaxrl_reason.evaluation.report import markdown_table, plot_accuracy_vs_samples
+from jaxrl_reason.model import ModelConfig, init_params, model_config
+from jaxrl_reason.parallel import make_mesh
+from jaxrl_reason.run_files import write_json
+from jaxrl_reason.training.checkpointing import abstract_params, load_params, save_params
 from jaxrl_reason.training.optimizer import OptimizerConfig
 
-log = logging.getLogger(__name__)
-ALGORITHMS = ("sft", "ei", "ppo", "rcrl", "orm")
+LAYOUT = 2  # of a run directory; 1 (no "layout" in run.json) is before the one loop
+ORM_PHASE = "orm"
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """Which questions: the task, where its files are, how many, and how they are asked."""
+
+    name: str = "arith"  # "arith" (built in), "gsm8k" or "svamp"
+    data_dir: str | None = None  # the task's files (not needed for arith)
+    num_train: int | None = None  # None: every training question
+    num_eval: int | None = 200  # held-out questions; None: all
+    prompt: str = "zero_shot"  # or "few_shot": `num_shots` train exemplars (pretrained start)
+    num_shots: int = 4
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ModelSetup:
+    """Which model: a config trained from scratch, or an `import-hf` checkpoint."""
+
+    config: ModelConfig | None = None  # None: gin's `model_config()`; vocab from the tokenizer
+    init_checkpoint: str | None = None  # an `import-hf` output directory (replaces `config`)
+    tokenizer_path: str | None = None  # None: train a sentencepiece model on the task
+    tokenizer_vocab_size: int = 512
+    dtype: str | None = None  # compute dtype over the model's, e.g. "bfloat16"
+    remat: bool | None = None
+
+
+def load_examples(task: TaskConfig, seed: int) -> tuple[list, list]:
+    """(train, held-out test) examples of `task`."""
+    kwargs = _task_kwargs(task.name, task.data_dir, seed)
+    if task.name == "arith":
+        train = load_task("arith", "train", num_examples=task.num_train, **kwargs)
+        test = load_task("arith", "test", num_examples=task.num_eval, **kwargs)
+    else:
+        train = load_task(task.name, "train", **kwargs)[: task.num_train]
+        test = load_task(task.name, "test", **kwargs)[: task.num_eval]
+    return train, test
 
 
 def _task_kwargs(task: str, data_dir: str | None, seed: int) -> dict[str, Any]:
@@ -62,50 +102,112 @@ def _task_kwargs(task: str, data_dir: str | None, seed: int) -> dict[str, Any]:
     return {"data_dir": data_dir}
 
 
-def load_examples(
-    task: str, data_dir: str | None, seed: int, num_train: int | None, num_eval: int | None
-) -> tuple[list, list]:
-    kwargs = _task_kwargs(task, data_dir, seed)
-    if task == "arith":
-        train = load_task(task, "train", num_examples=num_train, **kwargs)
-        test = load_task(task, "test", num_examples=num_eval, **kwargs)
-    else:
-        train = load_task(task, "train", **kwargs)[:num_train]
-        test = load_task(task, "test", **kwargs)[:num_eval]
-    return train, test
+@gin.configurable
+def train_experiment(
+    workdir: str | os.PathLike,
+    task: TaskConfig | None = None,
+    model: ModelSetup | None = None,
+    algorithms: Sequence[str] = ("sft", "ei"),
+    configs: Mapping[str, Any] | None = None,
+    optimizer: OptimizerConfig | None = None,
+    evaluation: EvalConfig | None = None,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run SFT (when listed) and then each listed RL algorithm from its result.
 
+    `algorithms` holds "sft" and names of `algorithms.registry` ("ei", "ppo:dense" ...);
+    `configs` maps a name ("sft", "ei", "ppo" ...) to its settings, and a name it lacks
+    gets its settings class built by gin. `seed` seeds the built-in task, the initial
+    weights and the few-shot exemplars. Returns the results rows (also written to
+    results.json / .md / .png).
+    """
+    configs = dict(configs or {})
+    rl = [build_algorithm(n, configs) for n in algorithms if n != "sft"]  # refuses bad names
+    if any(a.needs_orm for a in rl) and not any(a.makes_scorer for a in rl):
+        rl.insert(0, build_algorithm(ORM_PHASE, configs))
+    sft = (configs.get("sft") or SFTConfig()) if "sft" in algorithms else None
+    task, model = task or TaskConfig(), model or ModelSetup()
+    optimizer, evaluation = optimizer or OptimizerConfig(), evaluation or EvalConfig()
+    workdir = Path(workdir)
+    _check_layout(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    train, test = load_examples(task, seed)
+    symbols = tuple(dict.fromkeys(s for a in rl for s in a.tokenizer_symbols))
+    policy, params = _policy_and_params(workdir, task, model, train, symbols, seed)
+    _write_run(workdir, task, policy, list(algorithms))
 
-def _policy_from_run(run: dict[str, Any], mesh: Any = None) -> Policy:
-    fmt = PromptFormat(
-        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in run["prompt_format"].items()}
+    start = params
+    if sft is not None:
+        sft_dir = workdir / "sft"
+        start, _ = run_sft(
+            policy, params, train, test, sft, optimizer, evaluation, sft_dir, show_progress
+        )
+    ctx = PhaseContext(
+        policy, start, train, test, evaluation, optimizer, workdir, None, show_progress
     )
-    return Policy(ModelConfig(**run["model_config"]), load_tokenizer(run["tokenizer"]), fmt, mesh)
+    for algo in (a for a in rl if a.makes_scorer):
+        result = run_rounds(algo, dataclasses.replace(ctx, workdir=workdir / algo.phase))
+        ctx = dataclasses.replace(ctx, scorer=algo.scorer(policy, result.params))
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[tuple[int, float]]] = {}
+    if sft is not None:
+        _finish(ctx, "SFT", "sft", start, None, policy, rows, curves)
+    for algo in (a for a in rl if not a.makes_scorer):
+        result = run_rounds(algo, dataclasses.replace(ctx, workdir=workdir / algo.phase))
+        _finish(
+            ctx,
+            algo.title,
+            algo.phase,
+            result.params,
+            result,
+            algo.eval_policy(policy),
+            rows,
+            curves,
+        )
+    write_results(workdir, rows, curves, evaluation.num_samples)
+    return rows
+
+
+def _policy_and_params(
+    workdir: Path,
+    task: TaskConfig,
+    model: ModelSetup,
+    train: Sequence,
+    symbols: tuple[str, ...],
+    seed: int,
+) -> tuple[Policy, Any]:
+    """The run's tokenizer (trained here unless given), model, prompt format and mesh."""
+    tokenizer_path = model.tokenizer_path
+    if tokenizer_path is None:
+        tokenizer_path = str(workdir / "tokenizer.model")
+        if not Path(tokenizer_path).exists():
+            train_tokenizer_for_task(
+                task.name,
+                tokenizer_path,
+                vocab_size=model.tokenizer_vocab_size,
+                # Algorithms' special pieces (RCRL's return tokens) only when they run:
+                # they change the tokenizer and so every method's results.
+                user_defined_symbols=symbols,
+                **_task_kwargs(task.name, task.data_dir, seed),
+            )
+    tokenizer = load_tokenizer(tokenizer_path)
+    mesh = _mesh_or_none()
+    if model.init_checkpoint is not None:
+        config, params = _load_pretrained(model.init_checkpoint, mesh)
+    else:
+        config = (model.config or model_config()).replace(vocab_size=tokenizer.vocab_size)
+        params = init_params(config, jax.random.key(seed))
+    if model.dtype is not None:
+        config = config.replace(dtype=model.dtype)
+    if model.remat is not None:
+        config = config.replace(remat=model.remat)
+    fmt = prompt_format(kind=task.prompt, exemplars=train, num_shots=task.num_shots, seed=seed)
+    return Policy(config, tokenizer, fmt, mesh), params
 
 
 def _mesh_or_none() -> Any:
     return make_mesh() if jax.device_count() > 1 else None
-
-
-def _check_same_run(path: Path, run: dict[str, Any]) -> None:
-    """Refuse to resume a workdir that holds a different run, before anything is touched.
-
-    Its checkpoints would not fit this model, and its results would be mixed with ours.
-    """
-    if not path.exists():
-        return
-    old = json.loads(path.read_text())
-    keys = ("task", "model_config", "prompt_format")
-    changed = [
-        k
-        for k in keys
-        if json.dumps(old.get(k), sort_keys=True)
-        != json.dumps(json.loads(json.dumps(run[k])), sort_keys=True)
-    ]
-    if changed:
-        raise ValueError(
-            f"{path.parent} holds a run with a different {', '.join(changed)}; nothing was "
-            "changed there. Use a new --workdir, or the settings that run was started with."
-        )
 
 
 def _load_pretrained(path: str, mesh: Any) -> tuple[ModelConfig, Any]:
@@ -113,211 +215,96 @@ def _load_pretrained(path: str, mesh: Any) -> tuple[ModelConfig, Any]:
     from jaxrl_reason.model.hf_interop import load_checkpoint, model_config_from_json
 
     config = model_config_from_json((Path(path) / "model_config.json").read_text())
-    shardings = None
-    if mesh is not None:
-        shardings = logical_shardings(param_logical_axes(config), mesh)
-    return load_checkpoint(path, shardings)
+    target = abstract_params(config, mesh=mesh)
+    return load_checkpoint(path, jax.tree.map(lambda x: x.sharding, target))
 
 
-@gin.configurable
-def train_experiment(
-    workdir: str | os.PathLike,
-    task: str = "arith",
-    algorithms: Sequence[str] = ("sft", "ei"),
-    data_dir: str | None = None,
-    num_train: int | None = None,
-    num_eval: int | None = 200,
-    tokenizer_path: str | None = None,
-    tokenizer_vocab_size: int = 512,
-    init_checkpoint: str | None = None,
-    model: ModelConfig | None = None,
-    dtype: str | None = None,
-    remat: bool | None = None,
-    prompt: str = "zero_shot",
-    num_shots: int = 4,
-    seed: int = 0,
-    sft: SFTConfig | None = None,
-    ei: ExpertIterationConfig | None = None,
-    ppo: PPOConfig | None = None,
-    ppo_rewards: Sequence[str] = ("sparse", "dense", "orm"),
-    rcrl: RCRLConfig | None = None,
-    orm: ORMConfig | None = None,
-    optimizer: OptimizerConfig | None = None,
-    evaluation: EvalConfig | None = None,
-    show_progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Run the configured algorithms; every RL method starts from SFT's result if SFT runs.
+# ----------------------------------------------------------------------------- run.json
 
-    `algorithms` is a subset of ALGORITHMS. "ppo" runs one PPO per entry of `ppo_rewards`
-    (PPO_REWARDS). The ORM is trained (from the start policy's samples) when "orm" is
-    listed or a PPO reward needs it; once trained, every evaluation reports rerank@K.
-    `model` defaults to gin's `model_config()` (its vocab_size is set from the tokenizer);
-    `init_checkpoint` (an `import-hf` output directory) replaces it with a pretrained model;
-    `dtype` (compute dtype, e.g. "bfloat16") and `remat` override the model's when set.
-    `prompt` is "zero_shot" or "few_shot" (`num_shots` train exemplars, for a pretrained
-    start). Returns the results rows (also written to results.json / .md / .png).
-    """
-    unknown = [a for a in algorithms if a not in ALGORITHMS]
-    unknown += [f"ppo reward {r}" for r in ppo_rewards if r not in PPO_REWARDS]
-    if unknown:
-        raise ValueError(
-            f"unknown algorithm(s) {unknown}; choose from {ALGORITHMS} and PPO rewards "
-            f"from {PPO_REWARDS}"
-        )
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    sft, ei, rcrl = sft or SFTConfig(), ei or ExpertIterationConfig(), rcrl or RCRLConfig()
-    ppo, orm = ppo or PPOConfig(), orm or ORMConfig()
-    optimizer, evaluation = optimizer or OptimizerConfig(), evaluation or EvalConfig()
-    train, test = load_examples(task, data_dir, seed, num_train, num_eval)
 
-    if tokenizer_path is None:
-        tokenizer_path = str(workdir / "tokenizer.model")
-        if not Path(tokenizer_path).exists():
-            train_tokenizer_for_task(
-                task,
-                tokenizer_path,
-                vocab_size=tokenizer_vocab_size,
-                # RCRL's return tokens as single pieces (they change the tokenizer,
-                # so only when RCRL runs; elsewhere they would be plain text).
-                user_defined_symbols=return_tokens(rcrl.num_bins) if "rcrl" in algorithms else (),
-                **_task_kwargs(task, data_dir, seed),
-            )
-    tokenizer = load_tokenizer(tokenizer_path)
-    mesh = _mesh_or_none()
-    if init_checkpoint is not None:
-        config, params = _load_pretrained(init_checkpoint, mesh)
-    else:
-        config = (model or model_config()).replace(vocab_size=tokenizer.vocab_size)
-        params = init_params(config, jax.random.key(seed))
-    if dtype is not None:
-        config = config.replace(dtype=dtype)
-    if remat is not None:
-        config = config.replace(remat=remat)
-    fmt = prompt_format(kind=prompt, exemplars=train, num_shots=num_shots, seed=seed)
-    policy = Policy(config, tokenizer, fmt, mesh)
+def _write_run(workdir: Path, task: TaskConfig, policy: Policy, algorithms: list[str]) -> None:
+    """Write run.json, refusing (before anything is touched) a workdir of another run."""
     run = {
-        "task": task,
-        "data_dir": data_dir,
-        "tokenizer": os.path.abspath(tokenizer_path),
-        "model_config": dataclasses.asdict(config),
-        "algorithms": list(algorithms),
-        "prompt_format": dataclasses.asdict(fmt),
+        "layout": LAYOUT,
+        "task": task.name,
+        "data_dir": task.data_dir,
+        "tokenizer": os.path.abspath(policy.tokenizer.path),
+        "model_config": dataclasses.asdict(policy.model_config),
+        "algorithms": algorithms,
+        "prompt_format": dataclasses.asdict(policy.prompt_format),
+        "phases": {},
     }
-    _check_same_run(workdir / "run.json", run)
-    write_json(workdir / "run.json", run)
-
-    rows, curves = [], {}
-    start = params
-    if "sft" in algorithms:
-        start, _ = run_sft(
-            policy, params, train, test, sft, optimizer, evaluation, workdir / "sft", show_progress
-        )
-    scorer = None
-    ppo_runs = list(ppo_rewards) if "ppo" in algorithms else []
-    if "orm" in algorithms or any(r in ("orm", "dense_orm") for r in ppo_runs):
-        orm_params, summary = run_orm_training(
-            policy, start, train, orm, optimizer, workdir / ORM_DIR, show_progress
-        )
-        scorer = ORMScorer(policy, orm_params)
-        log.info("ORM: %s", summary)
-    finish = functools.partial(_finish, policy, test, evaluation, workdir, scorer, rows, curves)
-    if "sft" in algorithms:
-        finish("SFT", "sft", start, [])
-    if "ei" in algorithms:
-        params, history = run_expert_iteration(
-            policy, start, train, test, ei, optimizer, evaluation, workdir, show_progress
-        )
-        last_round = workdir / "ei" / f"eval_round_{len(history)}.json"
-        finish("EI", "ei", params, history, None if scorer else last_round)
-    for reward in ppo_runs:
-        cfg = dataclasses.replace(ppo, reward=reward)
-        phase = f"ppo_{reward}"
-        params, history = run_ppo(
-            policy,
-            start,
-            train,
-            test,
-            cfg,
-            optimizer,
-            evaluation,
-            workdir / phase,
-            orm_scorer=scorer,
-            show_progress=show_progress,
-        )
-        finish(f"PPO {PPO_NAMES[reward]}", phase, params, history)
-    if "rcrl" in algorithms:
-        params, history = run_rcrl(
-            policy, start, train, test, rcrl, optimizer, evaluation, workdir, show_progress
-        )
-        last_round = workdir / "rcrl" / f"eval_round_{len(history)}.json"
-        conditioned = rcrl_policy(policy, rcrl.num_bins)
-        finish("RCRL", "rcrl", params, history, None if scorer else last_round, conditioned)
-    write_results(workdir, rows, curves, evaluation.num_samples)
-    return rows
+    path = workdir / "run.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        keys = ("task", "model_config", "prompt_format")
+        changed = [k for k in keys if _canonical(old.get(k)) != _canonical(run[k])]
+        if changed:
+            raise ValueError(
+                f"{workdir} holds a run with a different {', '.join(changed)}; nothing was "
+                "changed there. Use a new --workdir, or the settings that run was started with."
+            )
+        run["phases"] = old.get("phases", {})
+    write_json(path, run)
 
 
-ORM_DIR = "orm"  # run_orm_training's directory in a run
-PPO_NAMES = {"sparse": "sparse", "dense": "dense", "orm": "ORM", "dense_orm": "dense ORM"}
+def _check_layout(workdir: Path) -> None:
+    """Refuse a workdir that a version with another layout wrote, before touching it."""
+    path = workdir / "run.json"
+    layout = json.loads(path.read_text()).get("layout", 1) if path.exists() else LAYOUT
+    if layout != LAYOUT:
+        raise ValueError(
+            f"{workdir} holds a run of an older layout ({layout}, this version writes "
+            f"{LAYOUT}); nothing was changed there. Use a new --workdir."
+        )
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(json.loads(json.dumps(value)), sort_keys=True)
+
+
+def _record_phase(workdir: Path, phase: str, entry: dict[str, Any]) -> None:
+    path = workdir / "run.json"
+    run = json.loads(path.read_text())
+    run["phases"][phase] = entry
+    write_json(path, run)
+
+
+# ----------------------------------------------------------------------------- results
 
 
 def _finish(
-    policy: Policy,
-    test: Sequence,
-    evaluation: EvalConfig,
-    workdir: Path,
-    scorer: Any,
+    ctx: PhaseContext,
+    title: str,
+    phase: str,
+    params: Any,
+    result: PhaseResult | None,
+    eval_policy: Policy,
     rows: list[dict[str, Any]],
     curves: dict[str, list[tuple[int, float]]],
-    method: str,
-    phase: str,
-    params: Any,
-    history: list[dict[str, Any]],
-    done: Path | None = None,
-    eval_policy: Policy | None = None,
 ) -> None:
-    """Evaluate a finished method, add its row and its maj@1-against-samples curve."""
-    drawn = history[-1]["samples_drawn"] if history else 0
-    result = _final_eval(
-        eval_policy or policy, params, test, evaluation, workdir, phase, drawn, done, scorer
-    )
-    rows.append({"method": method, **result["summary"], "samples": drawn})
-    points = [
-        (h["samples_drawn"], h["eval"]["maj@1"]) for h in history if "maj@1" in h.get("eval", {})
-    ]
-    curves[method] = (
-        [*curves.get("SFT", []), *points] if history else [(0, result["summary"]["maj@1"])]
-    )
-
-
-def _final_eval(
-    policy: Policy,
-    params: Any,
-    test: Sequence,
-    cfg: EvalConfig,
-    workdir: Path,
-    phase: str,
-    samples_drawn: int,
-    done: Path | None = None,
-    scorer: Scorer | None = None,
-) -> dict[str, Any]:
-    """Evaluate a finished phase once (cached in workdir/<phase>_eval.json) and save it.
-
-    `done`: an evaluation of these params already on disk (e.g. EI's last round), reused.
-    `scorer` (a trained ORM) adds rerank@K.
-    """
-    path = workdir / f"{phase}_eval.json"
+    """Evaluate a finished phase once (cached in workdir/<phase>_eval.json), save its
+    policy, and add its row and maj@1-against-samples curve."""
+    history = result.state.history if result else ()
+    drawn = result.state.samples_drawn if result else 0
+    path = ctx.workdir / f"{phase}_eval.json"
     if path.exists():
-        return json.loads(path.read_text())
-    if done is not None and done.exists():
-        result = json.loads(done.read_text())
+        evaluation = json.loads(path.read_text())
     else:
-        result = policy.evaluate(params, test, cfg, scorer)
-    save_policy(
-        workdir, params, {"phase": phase, "samples_drawn": samples_drawn, **flat_summary(result)}
-    )
-    write_json(path, result)
-    return result
+        evaluation = result.evaluation if result and result.evaluation else None
+        if evaluation is None:
+            evaluation = eval_policy.evaluate(
+                params, ctx.eval_examples, ctx.eval_config, ctx.scorer
+            )
+        meta = {"phase": phase, "samples_drawn": drawn, **flat_summary(evaluation)}
+        step = save_params(ctx.workdir / "policy", params, meta)
+        fmt = dataclasses.asdict(eval_policy.prompt_format)
+        _record_phase(ctx.workdir, phase, {"policy_step": step, "prompt_format": fmt})
+        write_json(path, evaluation)
+    rows.append({"method": title, **evaluation["summary"], "samples": drawn})
+    points = [(h.samples_drawn, h.eval["maj@1"]) for h in history if "maj@1" in h.eval]
+    sft = curves.get("SFT", [])
+    curves[title] = [*sft, *points] if history else [(0, evaluation["summary"]["maj@1"])]
 
 
 def write_results(
@@ -331,61 +318,70 @@ def write_results(
     return table
 
 
-def run_from_config(
-    config_files: Sequence[str], bindings: Sequence[str], workdir: str | os.PathLike
-) -> None:
-    """`jaxrl-reason train`: parse gin, record the resolved config, run the experiment."""
-    from jaxrl_reason.configuration import parse_config, write_resolved_config
-
-    parse_config(config_files, bindings)
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    rows = train_experiment(workdir)
-    write_resolved_config(workdir)
-    print(markdown_table(rows, EvalConfig().num_samples))
+# -------------------------------------------------------------------------------- eval
 
 
 def load_run(
     workdir: str | os.PathLike, step: int | None = None
 ) -> tuple[Policy, Any, dict[str, Any]]:
-    """(policy, params, meta) of a run directory's newest (or `step`) saved policy.
+    """(policy, params, meta) of a run directory's newest (or `step`) saved policy, the
+    policy asked as that phase is evaluated (RCRL: with its best return token).
 
     The params land on the run's mesh when several devices are present.
     """
-    run_path = Path(workdir) / "run.json"
-    if not run_path.exists():
+    run = _read_run(Path(workdir))
+    policy = _policy_from_run(run, _mesh_or_none())
+    target = abstract_params(policy.model_config, mesh=policy.mesh)
+    params, meta = load_params(Path(workdir) / "policy", target, step, what="policy")
+    phase = run.get("phases", {}).get(meta.get("phase"), {})
+    if "prompt_format" in phase:
+        policy = policy.with_prompt_format(_prompt_format(phase["prompt_format"]))
+    elif meta.get("phase") == "rcrl":
+        raise ValueError(
+            f"{workdir} was written by an older jaxrl_reason (run layout 1) that did not "
+            "record how its RCRL policy is asked; re-run the experiment into a new --workdir"
+        )
+    return policy, params, meta
+
+
+def _read_run(workdir: Path) -> dict[str, Any]:
+    path = workdir / "run.json"
+    if not path.exists():
         raise FileNotFoundError(
-            f"{run_path} not found: {workdir} is not a jaxrl_reason run "
+            f"{path} not found: {workdir} is not a jaxrl_reason run "
             "directory (train one with `jaxrl-reason train` or `demo`)"
         )
-    policy = _policy_from_run(json.loads(run_path.read_text()), _mesh_or_none())
-    config = policy.model_config
-    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    if policy.mesh is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, shapes)
-    else:
-        shardings = logical_shardings(param_logical_axes(config), policy.mesh)
-    target = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+    return json.loads(path.read_text())
+
+
+def _prompt_format(fields: dict[str, Any]) -> PromptFormat:
+    return PromptFormat(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()})
+
+
+def _policy_from_run(run: dict[str, Any], mesh: Any = None) -> Policy:
+    config = ModelConfig.from_dict(run["model_config"])
+    return Policy(
+        config, load_tokenizer(run["tokenizer"]), _prompt_format(run["prompt_format"]), mesh
     )
-    params, meta = load_policy(workdir, target, step)
-    return policy, params, meta
 
 
 def _orm_scorer(run_dir: Path, required: bool) -> ORMScorer | None:
     """The ORM trained in run directory `run_dir` (its `orm/`), or None if it has none."""
-    if not (run_dir / ORM_DIR / "orm").is_dir():
+    if not (run_dir / ORM_PHASE / "state").is_dir():
+        if (run_dir / ORM_PHASE / "orm").is_dir():  # where layout 1 kept it
+            raise ValueError(
+                f"{run_dir} was written by an older jaxrl_reason (run layout 1) whose ORM "
+                "this version does not read; re-run the experiment into a new --workdir"
+            )
         if required:
             raise FileNotFoundError(
-                f"{run_dir} holds no trained ORM ({run_dir / ORM_DIR / 'orm'} is missing): "
+                f"{run_dir} holds no trained ORM ({run_dir / ORM_PHASE / 'state'} is missing): "
                 "train one with algorithms including 'orm' or a PPO ORM reward"
             )
         return None
-    run_path = run_dir / "run.json"
-    if not run_path.exists():
-        raise FileNotFoundError(f"{run_path} not found: {run_dir} is not a jaxrl_reason run")
-    policy = _policy_from_run(json.loads(run_path.read_text()), _mesh_or_none())
-    params, _ = load_orm(run_dir / ORM_DIR, policy)
+    run = _read_run(run_dir)
+    policy = _policy_from_run(run, _mesh_or_none())
+    params, _ = load_orm(run_dir / ORM_PHASE, policy)
     return ORMScorer(policy, params)
 
 
@@ -406,13 +402,10 @@ def evaluate_workdir(
     run's own ORM when it trained one.
     """
     policy, params, meta = load_run(workdir, step)
-    if meta.get("phase") == "rcrl":  # an RCRL policy answers prompts with the best token
-        state = json.loads((Path(workdir) / "rcrl" / "state.json").read_text())
-        policy = rcrl_policy(policy, state["num_bins"])
     scorer = _orm_scorer(Path(orm_workdir or workdir), required=orm_workdir is not None)
-    run = json.loads((Path(workdir) / "run.json").read_text())
-    data_dir = data_dir or run.get("data_dir")
-    _, test = load_examples(task, data_dir, 0, None, num_questions)
+    run = _read_run(Path(workdir))
+    questions = TaskConfig(task, data_dir or run.get("data_dir"), None, num_questions)
+    _, test = load_examples(questions, 0)
     cfg = EvalConfig(num_samples=k, temperature=temperature, max_new_tokens=max_new_tokens)
     result = policy.evaluate(params, test, cfg, scorer)
     result.update(task=task, policy_meta=meta, workdir=str(workdir))
@@ -424,3 +417,8 @@ def evaluate_workdir(
     }
     print(markdown_table([row], k))
     return result
+
+
+def algorithm_names() -> list[str]:
+    """What `train_experiment(algorithms=...)` accepts."""
+    return ["sft", *names()]

@@ -134,8 +134,8 @@ def test_train_from_the_demo_gin_config(tmp_path):
     """`train CONFIG.gin --gin_param ...` runs what the file says and records the config."""
     workdir = tmp_path / "run"
     small = {
-        "train_experiment.num_train": "64",
-        "train_experiment.num_eval": "4",
+        "TaskConfig.num_train": "64",
+        "TaskConfig.num_eval": "4",
         "train_experiment.show_progress": "False",
         "SFTConfig.num_epochs": "1",
         "SFTConfig.batch_size": "16",
@@ -151,7 +151,7 @@ def test_train_from_the_demo_gin_config(tmp_path):
     rows = json.loads((workdir / "results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["SFT", "EI"] and rows[1]["samples"] == 8 * 4
     resolved = (workdir / "config.gin").read_text()
-    assert "EvalConfig.num_samples = 2" in resolved and "model_config.d_model = 128" in resolved
+    assert "EvalConfig.num_samples = 2" in resolved and "model_config.preset = 'demo'" in resolved
 
 
 def test_train_with_an_unknown_binding_names_it(tmp_path):

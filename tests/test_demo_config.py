@@ -10,6 +10,7 @@ from jaxrl_reason.algorithms.sft import SFTConfig
 from jaxrl_reason.configuration import parse_config
 from jaxrl_reason.demo import SCALES
 from jaxrl_reason.evaluation.evaluate import EvalConfig
+from jaxrl_reason.experiment import ModelSetup, TaskConfig
 from jaxrl_reason.model import model_config
 from jaxrl_reason.training.optimizer import OptimizerConfig
 
@@ -23,19 +24,13 @@ def test_demo_gin_matches_the_built_in_demo():
         assert PPOConfig() == s.ppo
         assert RCRLConfig() == s.rcrl
         assert ORMConfig() == s.orm
-        assert list(gin.query_parameter("train_experiment.ppo_rewards")) == [
-            "sparse",
-            "dense",
-            "orm",
-        ]
+        assert list(gin.query_parameter("train_experiment.algorithms")) == ["sft", "ei"]
         assert EvalConfig() == s.evaluation
         assert model_config() == s.model
         opt = OptimizerConfig()
         assert (opt.learning_rate, opt.warmup_steps) == (s.learning_rate, s.warmup_steps)
-        bound = (
-            gin.query_parameter("train_experiment.num_train"),
-            gin.query_parameter("train_experiment.num_eval"),
-        )
-        assert bound == (s.num_train, s.num_eval)
+        task = TaskConfig()
+        assert (task.name, task.num_train, task.num_eval) == ("arith", s.num_train, s.num_eval)
+        assert ModelSetup().tokenizer_vocab_size == s.model.vocab_size
     finally:
         gin.clear_config()

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from jaxrl_reason.experiment import train_experiment
+from jaxrl_reason.experiment import ModelSetup, TaskConfig, train_experiment
 from jaxrl_reason.model import ModelConfig
 
 TINY = ModelConfig(
@@ -15,13 +15,9 @@ TINY = ModelConfig(
 def test_dtype_and_remat_override_the_model(tmp_path):
     rows = train_experiment(
         tmp_path,
+        task=TaskConfig(num_train=300, num_eval=4),
+        model=ModelSetup(TINY, tokenizer_vocab_size=384, dtype="bfloat16", remat=True),
         algorithms=(),
-        num_train=300,
-        num_eval=4,
-        tokenizer_vocab_size=384,
-        model=TINY,
-        dtype="bfloat16",
-        remat=True,
         show_progress=False,
     )
     assert rows == []
@@ -37,10 +33,70 @@ def test_dtype_and_remat_override_the_model(tmp_path):
     "kwargs, message",
     [
         ({"algorithms": ("sft", "dpo")}, "'dpo'"),
-        ({"ppo_rewards": ("sparse", "heuristic")}, "heuristic"),
+        ({"algorithms": ("sft", "ppo:heuristic")}, "'ppo:heuristic'"),
     ],
 )
 def test_unknown_algorithms_are_refused_before_anything_is_written(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         train_experiment(tmp_path / "run", show_progress=False, **kwargs)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_json_round_trips_llama3_rope_scaling(tmp_path):
+    """An imported Llama-3.1 config (with rope scaling) comes back from run.json whole."""
+    from jaxrl_reason.experiment import _policy_from_run
+    from jaxrl_reason.model import RopeScaling
+
+    rows = train_experiment(
+        tmp_path,
+        task=TaskConfig(num_train=300, num_eval=4),
+        model=ModelSetup(TINY.replace(rope_scaling=RopeScaling(8.0, 1.0, 4.0, 64))),
+        algorithms=(),
+        show_progress=False,
+    )
+    assert rows == []
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["layout"] == 2 and run["phases"] == {}
+    config = _policy_from_run(run).model_config
+    assert config.rope_scaling == RopeScaling(8.0, 1.0, 4.0, 64)
+    assert config == TINY.replace(vocab_size=config.vocab_size, rope_scaling=config.rope_scaling)
+
+
+def test_a_run_of_the_old_layout_is_refused_untouched(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"task": "arith"}))
+    with pytest.raises(ValueError, match=r"older layout \(1, this version writes 2\)"):
+        train_experiment(tmp_path, algorithms=(), show_progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+    assert json.loads((tmp_path / "run.json").read_text()) == {"task": "arith"}
+
+
+def test_eval_of_an_old_layout_run_works_or_says_how_to_rerun(tmp_path):
+    """A run written before the one loop: its policies load, except an RCRL one (its prompt
+    was not recorded) and its ORM, which are refused with what to do."""
+    import jax
+
+    from jaxrl_reason.experiment import _orm_scorer, load_run
+    from jaxrl_reason.model import init_params
+    from jaxrl_reason.training.checkpointing import save_params
+
+    train_experiment(
+        tmp_path,
+        task=TaskConfig(num_train=300, num_eval=4),
+        model=ModelSetup(TINY, tokenizer_vocab_size=384),
+        algorithms=(),
+        show_progress=False,
+    )
+    run = json.loads((tmp_path / "run.json").read_text())
+    old = {k: v for k, v in run.items() if k not in ("layout", "phases")}
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    config = TINY.replace(vocab_size=run["model_config"]["vocab_size"])
+    params = init_params(config, jax.random.key(0))
+    save_params(tmp_path / "policy", params, {"phase": "ei"})
+    save_params(tmp_path / "policy", params, {"phase": "rcrl"})
+    policy, loaded, meta = load_run(tmp_path, step=0)
+    assert meta["phase"] == "ei" and policy.prompt_format.template == "Q: {question}\nA: "
+    with pytest.raises(ValueError, match="older jaxrl_reason.*RCRL.*new --workdir"):
+        load_run(tmp_path, step=1)
+    (tmp_path / "orm" / "orm").mkdir(parents=True)  # where layout 1 kept its ORM
+    with pytest.raises(ValueError, match="older jaxrl_reason.*ORM.*new --workdir"):
+        _orm_scorer(tmp_path, required=False)

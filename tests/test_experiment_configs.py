@@ -17,10 +17,11 @@ from jaxrl_reason.algorithms.expert_iteration import ExpertIterationConfig
 from jaxrl_reason.algorithms.orm_training import ORMConfig
 from jaxrl_reason.algorithms.ppo import PPO_REWARDS, PPOConfig
 from jaxrl_reason.algorithms.rcrl import RCRLConfig
+from jaxrl_reason.algorithms.registry import build_algorithm
 from jaxrl_reason.algorithms.sft import SFTConfig
 from jaxrl_reason.configuration import CONFIGS_DIR, parse_config
 from jaxrl_reason.evaluation.evaluate import EvalConfig
-from jaxrl_reason.experiment import ALGORITHMS
+from jaxrl_reason.experiment import ModelSetup, TaskConfig, algorithm_names
 from jaxrl_reason.parallel import MESH_AXES, axis_rules
 from jaxrl_reason.training.optimizer import OptimizerConfig
 
@@ -73,21 +74,14 @@ def _batch_shards(shape: dict[str, int], rules: tuple) -> int:
     return math.prod(shape[a] for a in axes)
 
 
-def _reference_name(value) -> str | None:
-    """The configurable a `@X()` binding names, else None."""
-    configurable = getattr(value, "configurable", None)
-    return None if configurable is None else configurable.name
-
-
 def _phases() -> set[str]:
-    """What the parsed config's `train_experiment` runs: its algorithms, plus "orm" when
-    a PPO reward needs the ORM (experiment.py trains it then)."""
-    algorithms = set(gin.query_parameter("train_experiment.algorithms"))
-    if "ppo" in algorithms:
-        rewards = set(gin.query_parameter("train_experiment.ppo_rewards"))
-        if rewards & {"orm", "dense_orm"}:
-            algorithms.add("orm")
-    return algorithms
+    """What the parsed config's `train_experiment` runs, by registered name ("ppo" for any
+    PPO variant), plus "orm" when a PPO reward needs the ORM (the experiment trains it)."""
+    names = list(gin.query_parameter("train_experiment.algorithms"))
+    phases = {n.partition(":")[0] for n in names}
+    if {"ppo:orm", "ppo:dense_orm"} & set(names):
+        phases.add("orm")
+    return phases
 
 
 def test_every_task_model_and_algorithm_has_a_file():
@@ -111,7 +105,7 @@ def test_experiment_parses_and_its_configs_build(path: pathlib.Path):
         ):
             assert isinstance(config(), config)  # __post_init__ validates the bindings
         algorithms = gin.query_parameter("train_experiment.algorithms")
-        assert set(algorithms) <= set(ALGORITHMS), algorithms
+        assert set(algorithms) <= set(algorithm_names()), algorithms
     finally:
         gin.clear_config()
 
@@ -126,31 +120,29 @@ def test_experiment_runs_what_its_name_says(path: pathlib.Path):
         run = RUNS[name["algo"]]
         # SFT first, then exactly the file's RL algorithm ("orm" may come along).
         assert algorithms[0] == "sft", algorithms
-        assert set(algorithms) & {"ei", "ppo", "rcrl"} == {run}, algorithms
+        assert _phases() - {"sft", "orm"} == {run}, algorithms
         if name["algo"] == "sft_ei":
             assert algorithms == ["sft", "ei"]
         if run == "ppo":
-            rewards = list(query("train_experiment.ppo_rewards"))
+            rewards = [a.partition(":")[2] for a in algorithms[1:]]
             assert rewards and set(rewards) <= set(PPO_REWARDS), rewards
-        # Every phase that runs gets its gin-bound config (not the Python defaults).
-        wired = {"sft": "SFTConfig", "optimizer": "OptimizerConfig", "evaluation": "EvalConfig"}
-        wired[run] = {"ei": "ExpertIterationConfig", "ppo": "PPOConfig", "rcrl": "RCRLConfig"}[run]
-        if "orm" in _phases():
-            wired["orm"] = "ORMConfig"
-        for param, configurable in wired.items():
-            assert _reference_name(query(f"train_experiment.{param}")) == configurable, param
-
-        assert query("train_experiment.task") == name["task"]
-        assert pathlib.PurePath(query("train_experiment.data_dir")).name == name["task"]
+        # Every phase that runs reads its gin-bound settings, not the Python defaults (the
+        # experiment builds each settings class under gin): the files batch by 64, the
+        # defaults by 16 or 32.
+        assert SFTConfig().batch_size == 64
+        for phase in _phases() - {"sft"}:
+            cfg = build_algorithm(phase).cfg
+            assert cfg == type(cfg)(), phase
+            assert getattr(cfg, "batch_size", getattr(cfg, "minibatch_size", None)) == 64, phase
+        task, model = TaskConfig(), ModelSetup()
+        assert task.name == name["task"]
+        assert pathlib.PurePath(task.data_dir).name == name["task"]
         # An imported checkpoint brings its own model config: the model is the checkpoint.
-        assert pathlib.PurePath(query("train_experiment.init_checkpoint")).name == name["model"]
-        assert query("train_experiment.tokenizer_path")
+        assert pathlib.PurePath(model.init_checkpoint).name == name["model"]
+        assert model.tokenizer_path
         # bf16 compute and remat over the checkpoint's own (f32, no remat) settings.
-        assert (query("train_experiment.dtype"), query("train_experiment.remat")) == (
-            "bfloat16",
-            True,
-        )
-        assert query("train_experiment.num_eval") is None  # the whole test set
+        assert (model.dtype, model.remat) == ("bfloat16", True)
+        assert task.num_eval is None  # the whole test set
         evaluation = EvalConfig()
         assert (evaluation.num_samples, evaluation.temperature) == (96, 0.7)  # maj@96, T 0.7
     finally:
@@ -176,12 +168,12 @@ def test_batches_split_over_the_mesh(path: pathlib.Path):
             if phase in phases:
                 cfg = config()
                 batches[f"{config.__name__}.batch_size"] = cfg.batch_size
-                rows = cfg.prompts_per_call * cfg.samples_per_question
+                rows = cfg.prompts_per_call * cfg.num_samples
                 batches[f"{config.__name__} rows per call"] = rows
         if "orm" in phases:
             orm = ORMConfig()
             batches["ORMConfig.batch_size"] = orm.batch_size
-            batches["ORMConfig rows per call"] = orm.prompts_per_call * orm.samples_per_question
+            batches["ORMConfig rows per call"] = orm.prompts_per_call * orm.num_samples
         if "ppo" in phases:
             ppo = PPOConfig()
             batches["PPOConfig.minibatch_size"] = ppo.minibatch_size

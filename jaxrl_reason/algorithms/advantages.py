@@ -16,6 +16,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxrl_reason.rewards.orm import last_token_onehot
+
 
 def gae(
     rewards: jax.Array,
@@ -70,15 +72,6 @@ def whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True, eps: float = 
     if not shift_mean:
         out = out + mean
     return out * m
-
-
-def last_token_onehot(mask: jax.Array) -> jax.Array:
-    """[B, T] float32 with a 1 at each row's last valid slot (all 0 for an empty row)."""
-    t = mask.shape[-1]
-    valid = mask.astype(jnp.bool_)
-    last = t - 1 - jnp.argmax(valid[:, ::-1], axis=-1)  # [B]
-    onehot = jax.nn.one_hot(last, t, dtype=jnp.float32)
-    return onehot * valid.any(axis=-1, keepdims=True)
 
 
 def token_rewards(

@@ -1,4 +1,4 @@
-"""Score samples with a trained outcome reward model (ORM), and save and load ORMs.
+"""Score samples with a trained outcome reward model (ORM), and load a trained ORM.
 
 `ORMScorer` gives the ORM's probability that a sample's final answer is right: at the last
 token of a finished sample (a `Scorer` for rerank@K in evaluation), and after every
@@ -20,10 +20,10 @@ from jaxrl_reason.algorithms.policy import Policy
 from jaxrl_reason.algorithms.rollouts import sequence_batch
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.pipeline import bucket_length
-from jaxrl_reason.model import ModelConfig, Transformer, init_params, param_logical_axes
+from jaxrl_reason.model import ModelConfig, Transformer, param_logical_axes
 from jaxrl_reason.parallel import activation_sharding, batch_shards, logical_shardings
-from jaxrl_reason.rewards.orm import final_scores
-from jaxrl_reason.training.checkpointing import Checkpointer
+from jaxrl_reason.rewards.orm import final_scores, reward_logits
+from jaxrl_reason.training.checkpointing import abstract_params, load_params
 from jaxrl_reason.training.train_step import shard_batch
 
 ORM_HEADS = ("reward",)
@@ -35,14 +35,7 @@ def _scoring_fn(config: ModelConfig) -> Any:
     model = Transformer(config, heads=ORM_HEADS)
 
     def score(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        out = model.apply(
-            {"params": params},
-            batch["tokens"],
-            batch["positions"],
-            batch["input_mask"],
-            return_logits=False,
-        )
-        logits = out.heads["reward"]  # [N, T]
+        logits = reward_logits(model, params, batch)  # [N, T]
         return final_scores(logits, batch["response_mask"]), jax.nn.sigmoid(logits)
 
     return jax.jit(score)
@@ -154,32 +147,8 @@ class ORMScorer:
         return np.asarray(final, np.float32), np.asarray(probs, np.float32)
 
 
-def save_orm(workdir: str | os.PathLike, params: Any, meta: dict[str, Any]) -> int:
-    """Save the ORM `params` (and JSON `meta`) as `workdir/orm`, replacing an older one."""
-    with Checkpointer(os.path.join(workdir, "orm"), keep=1, async_save=False) as ckpt:
-        latest = ckpt.latest_step()
-        step = 0 if latest is None else latest + 1
-        ckpt.save(step, params, meta, force=True)
-    return step
-
-
-def load_orm(workdir: str | os.PathLike, policy: Policy) -> tuple[Any, dict[str, Any]]:
-    """(params, meta) of the ORM saved in `workdir/orm`, laid out on `policy.mesh`."""
-    directory = os.path.join(workdir, "orm")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(
-            f"no trained ORM in {directory}: train one first (run_orm_training with "
-            f"workdir={os.fspath(workdir)!r})"
-        )
-    config = policy.model_config
-    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0), heads=ORM_HEADS))
-    if policy.mesh is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, shapes)
-    else:
-        shardings = _orm_shardings(config, policy.mesh)
-    target = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
-    )
-    with Checkpointer(directory, keep=1, async_save=False) as ckpt:
-        return ckpt.restore(target)
+def load_orm(phase_dir: str | os.PathLike, policy: Policy) -> tuple[Any, dict[str, Any]]:
+    """(params, phase meta) of the ORM trained in `phase_dir` (a run's `orm/`), laid out on
+    `policy.mesh`."""
+    target = abstract_params(policy.model_config, ORM_HEADS, policy.mesh)
+    return load_params(os.path.join(phase_dir, "state"), target, what="ORM")

@@ -1,28 +1,19 @@
-"""Train the outcome reward model (ORM, paper §3) and score samples with it.
+"""Train the outcome reward model (ORM, paper §3): a one-round algorithm on the one loop.
 
-Training (Cobbe et al. 2021): draw K solutions per training question from a policy, label
-each by whether its final answer is right, give that label to every response token (or
-only to the step ends, `step_ends_only`), and fit the reward head plus the trunk with plain
-BCE, starting from the policy's weights and a zero reward head.
-
-Workdir layout (`run_orm_training`):
-  samples.jsonl      the labelled samples, exact token ids (written once, atomically)
-  checkpoints/       train_sft's resumable train-state checkpoints
-  metrics.jsonl, tb/ per-step training metrics (phase "orm")
-  orm/               the trained ORM params and summary (`orm_scoring.load_orm`)
-  summary.json       the summary returned
-Re-running the same call reuses `samples.jsonl` (no resampling) and resumes or restores
-the training from `checkpoints/`.
+Its single round (Cobbe et al. 2021) draws K solutions per training question from the start
+policy, labels each by whether its final answer is right, gives that label to every
+response token (or only to the step ends, `step_ends_only`), and fits the reward head plus
+the trunk with plain BCE, starting from the policy's weights and a zero reward head. The
+phase state holds the trained ORM's params (`orm_scoring.load_orm` reads them); the round's
+history entry is the summary (sample counts, fraction correct, label balance, last epoch's
+loss and accuracy).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,63 +23,50 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_reason.algorithms.orm_scoring import ORM_HEADS, save_orm
+from jaxrl_reason.algorithms.orm_scoring import ORM_HEADS, ORMScorer
 from jaxrl_reason.algorithms.policy import Policy
-from jaxrl_reason.algorithms.rollouts import (
-    place_response_values,
-    sample_rollouts,
-    sequence_batch,
-    step_ends,
+from jaxrl_reason.algorithms.rollouts import place_response_values, sequence_batch, step_ends
+from jaxrl_reason.algorithms.round_sampling import RolloutConfig, draw_questions, round_key
+from jaxrl_reason.algorithms.rounds import (
+    Algorithm,
+    Improved,
+    PhaseContext,
+    PhaseState,
+    RoundPlan,
 )
-from jaxrl_reason.algorithms.sft import phase_optimizer
-from jaxrl_reason.data.example import Example
-from jaxrl_reason.evaluation.report import write_atomic, write_json
+from jaxrl_reason.data.pipeline import EpochBatches
 from jaxrl_reason.model import ModelConfig, Transformer, init_params
 from jaxrl_reason.model.transformer import HEAD_NAMES
 from jaxrl_reason.parallel import batch_shards
 from jaxrl_reason.rewards.grading import is_correct
 from jaxrl_reason.rewards.orm import orm_loss_fn, orm_token_labels
+from jaxrl_reason.sampling.rollouts import Rollouts
 from jaxrl_reason.training.metrics_writer import read_metrics
-from jaxrl_reason.training.optimizer import OptimizerConfig
+from jaxrl_reason.training.optimizer import phase_optimizer
 from jaxrl_reason.training.sft_loop import train_sft
 
-log = logging.getLogger(__name__)
 PHASE = "orm"
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
-class ORMConfig:
-    samples_per_question: int = 4  # K
-    temperature: float = 0.7
-    max_new_tokens: int = 256
+class ORMConfig(RolloutConfig):
     num_questions: int | None = None  # None: every training question
     epochs: float = 2.0
     batch_size: int = 32
     length_multiple: int = 64
     learning_rate: float | None = None  # None: the optimizer's
     step_ends_only: bool = False  # label only step-end tokens (else every response token)
-    prompts_per_call: int = 64
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        positive = {
-            "samples_per_question": self.samples_per_question,
-            "max_new_tokens": self.max_new_tokens,
-            "batch_size": self.batch_size,
-            "length_multiple": self.length_multiple,
-            "prompts_per_call": self.prompts_per_call,
-            "epochs": self.epochs,
-        }
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"ORMConfig.{name} must be > 0, got {value}")
+        super().__post_init__()
+        for name in ("batch_size", "length_multiple", "epochs"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ORMConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.num_questions is not None and self.num_questions < 1:
             raise ValueError(
                 f"ORMConfig.num_questions must be >= 1 or None (all), got {self.num_questions}"
             )
-        if self.temperature < 0:
-            raise ValueError(f"ORMConfig.temperature must be >= 0, got {self.temperature}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(
                 f"ORMConfig.learning_rate must be > 0 or None (the optimizer's), "
@@ -109,27 +87,8 @@ class LabelledSamples:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def to_jsonl(self) -> str:
-        rows = zip(self.question_ids, self.texts, self.prompt_ids, self.response_ids, self.correct)
-        return "".join(
-            json.dumps({"id": q, "text": t, "prompt_ids": p, "response_ids": r, "correct": c})
-            + "\n"
-            for q, t, p, r, c in rows
-        )
 
-    @classmethod
-    def from_jsonl(cls, text: str) -> LabelledSamples:
-        rows = [json.loads(line) for line in text.splitlines() if line]
-        return cls(
-            question_ids=[r["id"] for r in rows],
-            texts=[r["text"] for r in rows],
-            prompt_ids=[r["prompt_ids"] for r in rows],
-            response_ids=[r["response_ids"] for r in rows],
-            correct=[bool(r["correct"]) for r in rows],
-        )
-
-
-class ORMBatches:
+class ORMBatches(EpochBatches):
     """Endless, deterministic, resumable ORM batches (a `ResumableIterator`).
 
     Epoch e visits the samples in the permutation `default_rng([seed, e])`; every batch has
@@ -154,31 +113,13 @@ class ORMBatches:
             raise ValueError("ORMBatches: step_ends_only=True needs step_end_masks")
         self.samples = samples
         self.pad_id = pad_id
-        self.batch_size = batch_size
         self.length_multiple = length_multiple
-        self.seed = seed
         self.step_ends_only = step_ends_only
         self.step_end_masks = step_end_masks
-        self.batches_per_epoch = math.ceil(len(samples) / batch_size)
-        self.restore({"epoch": 0, "batch": 0})
-
-    def state(self) -> dict[str, int]:
-        return {"epoch": self._epoch, "batch": self._batch}
-
-    def restore(self, state: dict[str, int]) -> None:
-        epoch, batch = int(state["epoch"]), int(state["batch"])
-        if not 0 <= batch < self.batches_per_epoch or epoch < 0:
-            raise ValueError(
-                f"invalid ORM batch state {state} ({self.batches_per_epoch} batches/epoch)"
-            )
-        self._epoch, self._batch = epoch, batch
-        self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.samples))
-
-    def __iter__(self) -> ORMBatches:
-        return self
+        self._start_epochs(len(samples), batch_size, math.ceil(len(samples) / batch_size), seed)
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rows = self._order[self._batch * self.batch_size : (self._batch + 1) * self.batch_size]
+        rows = self._next_rows()
         s = self.samples
         prompts = [s.prompt_ids[i] for i in rows]
         batch = sequence_batch(
@@ -198,9 +139,6 @@ class ORMBatches:
         labels, label_mask = orm_token_labels(response_mask, correct, self.step_ends_only, ends)
         batch["labels"] = np.asarray(labels)
         batch["label_mask"] = np.asarray(label_mask)
-        self._batch += 1
-        if self._batch == self.batches_per_epoch:
-            self.restore({"epoch": self._epoch + 1, "batch": 0})
         return batch
 
 
@@ -222,20 +160,8 @@ def orm_init_params(config: ModelConfig, policy_params: Any) -> Any:
     return {**trunk, **heads}
 
 
-def _questions(examples: Sequence[Example], cfg: ORMConfig) -> list[Example]:
-    if cfg.num_questions is None or cfg.num_questions >= len(examples):
-        return list(examples)
-    rng = np.random.default_rng([cfg.seed, 1])
-    idx = np.sort(rng.choice(len(examples), cfg.num_questions, replace=False))
-    return [examples[i] for i in idx]
-
-
-def _sample_and_label(
-    policy: Policy, params: Any, questions: Sequence[Example], cfg: ORMConfig
-) -> LabelledSamples:
-    sampling = policy.sampling_config(cfg.samples_per_question, cfg.temperature, cfg.max_new_tokens)
-    key = jax.random.fold_in(jax.random.key(cfg.seed), 0)
-    rollouts = sample_rollouts(policy, params, questions, sampling, key, cfg.prompts_per_call)
+def label_rollouts(rollouts: Rollouts) -> LabelledSamples:
+    """Each rollout with its exact token ids and whether its final answer is right."""
     return LabelledSamples(
         question_ids=[ex.id for ex in rollouts.examples],
         texts=list(rollouts.texts),
@@ -243,24 +169,6 @@ def _sample_and_label(
         response_ids=[list(r) for r in rollouts.response_ids],
         correct=[is_correct(t, ex.answer) for t, ex in zip(rollouts.texts, rollouts.examples)],
     )
-
-
-def _load_or_sample(
-    policy: Policy, params: Any, questions: Sequence[Example], cfg: ORMConfig, path: Path
-) -> LabelledSamples:
-    expected = [ex.id for ex in questions for _ in range(cfg.samples_per_question)]
-    if path.exists():
-        samples = LabelledSamples.from_jsonl(path.read_text())
-        if samples.question_ids != expected:
-            raise ValueError(
-                f"{path} holds samples of other questions or another samples_per_question "
-                "than this call asks for; use a fresh workdir or delete the file"
-            )
-        log.info("ORM: reusing %d labelled samples from %s", len(samples), path)
-        return samples
-    samples = _sample_and_label(policy, params, questions, cfg)
-    write_atomic(path, samples.to_jsonl())
-    return samples
 
 
 def _last_epoch_metrics(workdir: Path, num_steps: int, steps_per_epoch: int) -> dict[str, float]:
@@ -274,80 +182,100 @@ def _last_epoch_metrics(workdir: Path, num_steps: int, steps_per_epoch: int) -> 
     }
 
 
-def run_orm_training(
-    policy: Policy,
-    policy_params: Any,
-    train_examples: Sequence[Example],
-    cfg: ORMConfig,
-    optimizer: OptimizerConfig,
-    workdir: str | os.PathLike,
-    show_progress: bool = True,
-) -> tuple[Any, dict[str, Any]]:
-    """Sample, label and train (or resume) an ORM from `policy_params`; return
-    (orm params, summary). The summary has the sample counts, fraction correct, the
-    positive fraction of the labelled tokens (class balance) and the last epoch's mean
-    train loss and accuracy. See the module doc for what is written in `workdir`.
-    """
-    if not train_examples:
-        raise ValueError("run_orm_training: no training questions (train_examples is empty)")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    questions = _questions(train_examples, cfg)
-    samples = _load_or_sample(policy, policy_params, questions, cfg, workdir / "samples.jsonl")
-    masks = None
-    if cfg.step_ends_only:
-        masks = [
-            step_ends(policy.tokenizer, r, t) for r, t in zip(samples.response_ids, samples.texts)
-        ]
-    shards = batch_shards(policy.mesh)
-    batch_size = -(-min(cfg.batch_size, len(samples)) // shards) * shards
-    batches = ORMBatches(
-        samples,
-        policy.tokenizer.pad_id,
-        batch_size,
-        cfg.length_multiple,
-        seed=cfg.seed,
-        step_ends_only=cfg.step_ends_only,
-        step_end_masks=masks,
-    )
+class ORMTraining(Algorithm):
+    """The ORM on the one loop: one round whose improve labels the samples and trains."""
+
+    phase, title = PHASE, "ORM"
+    num_rounds = 1
+    eval_every = 0
+    makes_scorer = True
+
+    def __init__(self, cfg: ORMConfig):
+        self.cfg = cfg
+
+    def init(self, ctx: PhaseContext) -> tuple[Any, dict[str, Any]]:
+        if not ctx.train:
+            raise ValueError("ORM training: no training questions (the train split is empty)")
+        return orm_init_params(ctx.policy.model_config, ctx.init_params), {}
+
+    def plan(self, ctx: PhaseContext, state: PhaseState, round_index: int) -> RoundPlan:
+        cfg = self.cfg
+        return RoundPlan(
+            questions=draw_questions(ctx.train, cfg.num_questions, cfg.seed, 1),
+            params=ctx.init_params,  # samples of the start policy, not of the ORM
+            sampling=cfg.sampling(ctx.policy),
+            key=round_key(cfg.seed, 0),
+            prompts_per_call=cfg.prompts_per_call,
+        )
+
+    def improve(
+        self, ctx: PhaseContext, state: PhaseState, rollouts: Rollouts, round_index: int
+    ) -> Improved:
+        cfg, policy = self.cfg, ctx.policy
+        samples = label_rollouts(rollouts)
+        masks = None
+        if cfg.step_ends_only:
+            masks = [
+                step_ends(policy.tokenizer, r, t)
+                for r, t in zip(samples.response_ids, samples.texts)
+            ]
+        shards = batch_shards(policy.mesh)
+        batch_size = -(-min(cfg.batch_size, len(samples)) // shards) * shards
+        batches = ORMBatches(
+            samples,
+            policy.tokenizer.pad_id,
+            batch_size,
+            cfg.length_multiple,
+            cfg.seed,
+            cfg.step_ends_only,
+            masks,
+        )
+        num_steps = max(1, math.ceil(cfg.epochs * batches.batches_per_epoch))
+        lr = cfg.learning_rate or ctx.optimizer.learning_rate
+        trained = train_sft(
+            policy.model_config,
+            state.arrays,
+            lambda: batches,
+            phase_optimizer(ctx.optimizer.replace(learning_rate=lr), num_steps),
+            ctx.round_dir(round_index),
+            num_steps,
+            cfg.seed,
+            mesh=policy.mesh,
+            checkpoint_every=max(1, num_steps // 4),
+            keep=1,
+            loss_fn=orm_train_loss(policy.model_config),
+            show_progress=ctx.show_progress,
+            phase=PHASE,
+            heads=ORM_HEADS,
+        )
+        summary = _summary(samples, masks, rollouts.num_samples)
+        summary["num_steps"] = num_steps
+        steps_per_epoch = batches.batches_per_epoch
+        summary.update(_last_epoch_metrics(ctx.round_dir(round_index), num_steps, steps_per_epoch))
+        return Improved(trained.params, {}, summary)
+
+    def eval_config(self, round_index: int, cfg: Any) -> None:
+        return None  # a reward model: it is measured by rerank@K in the policies' evaluations
+
+    def scorer(self, policy: Policy, params: Any) -> ORMScorer:
+        return ORMScorer(policy, params)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.cfg)  # other settings make another ORM
+
+
+def _summary(
+    samples: LabelledSamples, masks: Sequence[np.ndarray] | None, k: int
+) -> dict[str, Any]:
+    """Sample counts, fraction correct and the positive fraction of the labelled tokens."""
     correct = np.asarray(samples.correct, np.float64)
     num_labels = [int(m.sum()) for m in masks] if masks else list(map(len, samples.response_ids))
-    positive = float(np.dot(correct, num_labels) / max(sum(num_labels), 1))
-    log.info(
-        "ORM: %d samples of %d questions, %.1f%% correct, %.1f%% of labelled tokens positive",
-        len(samples),
-        len(questions),
-        100 * correct.mean(),
-        100 * positive,
-    )
-    num_steps = max(1, math.ceil(cfg.epochs * batches.batches_per_epoch))
-    lr = cfg.learning_rate or optimizer.learning_rate
-    state = train_sft(
-        policy.model_config,
-        orm_init_params(policy.model_config, policy_params),
-        lambda: batches,
-        phase_optimizer(optimizer.replace(learning_rate=lr), num_steps),
-        workdir,
-        num_steps,
-        cfg.seed,
-        mesh=policy.mesh,
-        checkpoint_every=max(1, num_steps // 4),
-        keep=1,
-        loss_fn=orm_train_loss(policy.model_config),
-        show_progress=show_progress,
-        phase=PHASE,
-        heads=ORM_HEADS,
-    )
     solved = {q for q, c in zip(samples.question_ids, samples.correct) if c}
-    summary = {
-        "num_questions": len(questions),
-        "num_samples": len(samples),
+    num_questions = len(samples) // k
+    return {
+        "num_questions": num_questions,
+        "labelled_samples": len(samples),
         "fraction_correct": float(correct.mean()),
-        "questions_solved_fraction": len(solved) / len(questions),
-        "label_positive_fraction": positive,
-        "num_steps": num_steps,
-        **_last_epoch_metrics(workdir, num_steps, batches.batches_per_epoch),
+        "questions_solved_fraction": len(solved) / num_questions,
+        "label_positive_fraction": float(np.dot(correct, num_labels) / max(sum(num_labels), 1)),
     }
-    save_orm(workdir, state.params, summary)
-    write_json(workdir / "summary.json", summary)
-    return state.params, summary

@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 from jax.sharding import Mesh
 
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.prompts import PromptFormat
 from jaxrl_reason.data.tokenizer import Tokenizer
-from jaxrl_reason.evaluation.evaluate import (
-    EvalConfig,
-    Scorer,
-    evaluate_policy,
-    generate,
-    sampling_config,
-)
+from jaxrl_reason.evaluation.evaluate import EvalConfig, Scorer, evaluate_policy, sampling_config
 from jaxrl_reason.model import ModelConfig
 from jaxrl_reason.sampling import Sampler, SamplingConfig
 from jaxrl_reason.sampling.text import TextSampler
-from jaxrl_reason.training.checkpointing import Checkpointer
 
 
 @dataclasses.dataclass(eq=False)
@@ -48,30 +39,20 @@ class Policy:
         sampler = Sampler(self.model_config, pad_id=self.tokenizer.pad_id, mesh=self.mesh)
         return TextSampler(sampler, self.tokenizer)
 
+    def with_prompt_format(self, prompt_format: PromptFormat) -> Policy:
+        """This policy asked in `prompt_format` (e.g. RCRL's, conditioned on a return token).
+
+        The two share the text sampler, and so its compiled programs: it does not depend
+        on the prompt format.
+        """
+        other = dataclasses.replace(self, prompt_format=prompt_format)
+        other.text_sampler = self.text_sampler
+        return other
+
     def sampling_config(
         self, num_samples: int, temperature: float, max_new_tokens: int
     ) -> SamplingConfig:
         return sampling_config(num_samples, temperature, max_new_tokens, self.tokenizer.eos_id)
-
-    def sample(
-        self,
-        params: Any,
-        examples: Sequence[Example],
-        cfg: SamplingConfig,
-        rng: jax.Array,
-        prompts_per_call: int = 64,
-    ) -> list[list[str]]:
-        """[B][K] completions (cut at the prompt format's stop sequences)."""
-        prompts = [self.prompt_format.format(ex.question) for ex in examples]
-        return generate(
-            self.text_sampler,
-            params,
-            prompts,
-            cfg,
-            rng,
-            prompts_per_call,
-            self.prompt_format.stop_sequences,
-        )
 
     def evaluate(
         self,
@@ -89,29 +70,3 @@ class Policy:
             cfg,
             scorer,
         )
-
-
-def save_policy(workdir: str | os.PathLike, params: Any, meta: dict[str, Any]) -> int:
-    """Append `params` to the run's `policy/` checkpoints (one step per finished phase).
-
-    Returns the step it was saved as; `jaxrl-reason eval --step N` reads it back.
-    """
-    with Checkpointer(os.path.join(workdir, "policy"), keep=1000, async_save=False) as ckpt:
-        latest = ckpt.latest_step()
-        step = 0 if latest is None else latest + 1
-        ckpt.save(step, params, meta, force=True)
-    return step
-
-
-def load_policy(
-    workdir: str | os.PathLike, target: Any, step: int | None = None
-) -> tuple[Any, dict[str, Any]]:
-    """(params, meta) of the run's newest (or `step`) saved policy onto `target`'s layout."""
-    directory = os.path.join(workdir, "policy")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(
-            f"no saved policy in {directory}: train the run first "
-            "(`jaxrl-reason train ...` or `jaxrl-reason demo`)"
-        )
-    with Checkpointer(directory, keep=1000, async_save=False) as ckpt:
-        return ckpt.restore(target, step)

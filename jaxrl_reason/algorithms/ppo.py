@@ -13,9 +13,9 @@ One iteration:
   4. `epochs_per_iteration` passes over the rollouts in shuffled minibatches of the
      PPO loss, through the generic jitted, sharded train step.
 
-State lives in `workdir` (`checkpoints/`: params, optimizer, and in the meta the
-iteration, KL controller, reward moments and history; `metrics.jsonl`, `tb/`). Iteration
-i draws its questions and samples from `fold_in(key(seed), i)`, so a resumed run
+An iteration is a round of `rounds.run_rounds`: the phase state holds the train state
+(params, optimizer) and, as host state, the KL controller and the reward moments.
+Iteration i (from 0) draws its questions and samples from (seed, i), so a resumed run
 reproduces an uninterrupted one.
 """
 
@@ -23,10 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
-import os
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import gin
@@ -42,43 +38,36 @@ from jaxrl_reason.algorithms.kl_control import (
     RunningMoments,
     kl_controller_from_state,
 )
-from jaxrl_reason.algorithms.policy import Policy
 from jaxrl_reason.algorithms.ppo_objective import KL_KINDS, kl_penalty, ppo_losses
-from jaxrl_reason.algorithms.rollouts import (
-    place_response_values,
-    rollout_rewards,
-    sample_rollouts,
-    sequence_batch,
+from jaxrl_reason.algorithms.rollouts import place_response_values, rollout_rewards, sequence_batch
+from jaxrl_reason.algorithms.round_sampling import RolloutConfig, draw_questions, round_key
+from jaxrl_reason.algorithms.rounds import (
+    Algorithm,
+    Improved,
+    PhaseContext,
+    PhaseState,
+    RoundPlan,
 )
-from jaxrl_reason.algorithms.sft import flat_summary
-from jaxrl_reason.data.example import Example
-from jaxrl_reason.evaluation.evaluate import EvalConfig, greedy_only
 from jaxrl_reason.model import Transformer
 from jaxrl_reason.parallel import batch_shards
 from jaxrl_reason.rewards.heuristic import sparse_reward
-from jaxrl_reason.training.checkpointing import Checkpointer
-from jaxrl_reason.training.metrics_writer import MetricWriter
-from jaxrl_reason.training.optimizer import OptimizerConfig, make_optimizer
-from jaxrl_reason.training.preemption import Preempted, PreemptionGuard
-from jaxrl_reason.training.progress import ThroughputBar
+from jaxrl_reason.sampling.rollouts import Rollouts
+from jaxrl_reason.training.optimizer import OptimizerConfig, make_optimizer, phase_optimizer
 from jaxrl_reason.training.train_state import init_train_state
 from jaxrl_reason.training.train_step import make_train_step, shard_batch
 
-log = logging.getLogger(__name__)
 PPO_REWARDS = ("sparse", "dense", "orm", "dense_orm")
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
-class PPOConfig:
+class PPOConfig(RolloutConfig):
     """PPO settings; defaults follow paper-notes.md §7 (gamma 1, lambda 0.95, clip 0.2)."""
 
+    num_samples: int = 1  # K rollouts per question
     reward: str = "sparse"  # one of PPO_REWARDS
     num_iterations: int = 20
     prompts_per_iteration: int = 64
-    samples_per_prompt: int = 1  # K rollouts per question
-    temperature: float = 0.7
-    max_new_tokens: int = 256
     epochs_per_iteration: int = 4
     minibatch_size: int = 16
     learning_rate: float | None = None  # None: the optimizer's
@@ -98,27 +87,26 @@ class PPOConfig:
     critic: str = "shared"  # "shared" trunk or "separate" critic
     recompute_logprobs: bool = False  # True: old log-probs from a forward pass
     length_multiple: int = 32
-    prompts_per_call: int = 64
     eval_every: int = 0  # iterations between greedy maj@1 evaluations; 0: none
     checkpoint_every: int = 1
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         problems = []
         if self.reward not in PPO_REWARDS:
             problems.append(f"reward={self.reward!r} is not one of {PPO_REWARDS}")
         if self.kl_kind not in KL_KINDS:
             problems.append(f"kl_kind={self.kl_kind!r} is not one of {KL_KINDS}")
-        for name in ("num_iterations", "prompts_per_iteration", "samples_per_prompt"):
+        for name in ("num_iterations", "prompts_per_iteration", "num_samples"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
         for name in ("epochs_per_iteration", "minibatch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
-        if self.minibatch_size > self.prompts_per_iteration * self.samples_per_prompt:
+        if self.minibatch_size > self.prompts_per_iteration * self.num_samples:
             problems.append(
                 f"minibatch_size={self.minibatch_size} exceeds the rollouts per iteration "
-                f"({self.prompts_per_iteration} x {self.samples_per_prompt})"
+                f"({self.prompts_per_iteration} x {self.num_samples})"
             )
         if not 0.0 <= self.lam <= 1.0 or not 0.0 <= self.gamma <= 1.0:
             problems.append(f"gamma={self.gamma} and lam={self.lam} must be in [0, 1]")
@@ -129,7 +117,7 @@ class PPOConfig:
 
     @property
     def rollouts_per_iteration(self) -> int:
-        return self.prompts_per_iteration * self.samples_per_prompt
+        return self.prompts_per_iteration * self.num_samples
 
 
 # -------------------------------------------------------------------- jitted functions
@@ -232,7 +220,7 @@ def _cached_programs(ac: ActorCritic, cfg: PPOConfig, optimizer: OptimizerConfig
     return tx, step, experience, shardings
 
 
-# --------------------------------------------------------------------------- the loop
+# ------------------------------------------------------------------------ the algorithm
 
 
 def _kl_controller(cfg: PPOConfig) -> FixedKLController | AdaptiveKLController:
@@ -241,198 +229,138 @@ def _kl_controller(cfg: PPOConfig) -> FixedKLController | AdaptiveKLController:
     return AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
 
 
-def _iteration_questions(
-    examples: Sequence[Example], cfg: PPOConfig, iteration: int
-) -> list[Example]:
-    rng = np.random.default_rng([cfg.seed, iteration])
-    n = cfg.prompts_per_iteration
-    idx = rng.choice(len(examples), n, replace=n > len(examples))
-    return [examples[i] for i in idx]
+class PPO(Algorithm):
+    """PPO on the one loop: improve = rewards -> KL -> GAE -> minibatch epochs.
 
-
-def run_ppo(
-    policy: Policy,
-    init_params: Any,
-    train_examples: Sequence[Example],
-    eval_examples: Sequence[Example],
-    cfg: PPOConfig,
-    optimizer: OptimizerConfig,
-    eval_cfg: EvalConfig,
-    workdir: str | os.PathLike,
-    orm_scorer: Any = None,
-    show_progress: bool = True,
-) -> tuple[Any, list[dict[str, Any]]]:
-    """Run (or resume) PPO from `init_params` (also the frozen reference policy).
-
-    Returns (the policy's LM params, per-iteration history). History entries hold
-    `samples_drawn` (cumulative rollouts), the mean score, KL and loss statistics, and
-    `eval` (greedy maj@1 on `eval_examples` every `cfg.eval_every` iterations and after
-    the last).
+    The start policy is also the frozen reference. Each round's statistics hold the mean
+    score, correct fraction, KL, loss and clipping statistics.
     """
-    if not train_examples:
-        raise ValueError("run_ppo: no training questions")
-    if cfg.reward in ("orm", "dense_orm") and orm_scorer is None:
-        raise ValueError(f"PPO reward {cfg.reward!r} needs a trained ORM (orm_scorer)")
-    shards = batch_shards(policy.mesh)
-    if cfg.minibatch_size % shards:
-        raise ValueError(
-            f"PPOConfig.minibatch_size={cfg.minibatch_size} must be a multiple of the "
-            f"mesh's {shards} batch shards (data x fsdp)"
+
+    def __init__(self, cfg: PPOConfig):
+        self.cfg = cfg
+        self.phase = f"ppo_{cfg.reward}"
+        self.title = f"PPO {REWARD_TITLES[cfg.reward]}"
+        self.num_rounds = cfg.num_iterations
+        self.checkpoint_every = cfg.checkpoint_every
+        self.eval_every = cfg.eval_every
+        self.needs_orm = cfg.reward in ("orm", "dense_orm")
+
+    def init(self, ctx: PhaseContext) -> tuple[Any, dict[str, Any]]:
+        cfg, mesh = self.cfg, ctx.policy.mesh
+        if not ctx.train:
+            raise ValueError("PPO: no training questions")
+        if self.needs_orm and ctx.scorer is None:
+            raise ValueError(f"PPO reward {cfg.reward!r} needs a trained ORM (the run's scorer)")
+        self.shards = batch_shards(mesh)
+        if cfg.minibatch_size % self.shards:
+            raise ValueError(
+                f"PPOConfig.minibatch_size={cfg.minibatch_size} must be a multiple of the "
+                f"mesh's {self.shards} batch shards (data x fsdp)"
+            )
+        self.ac = ActorCritic(ctx.policy.model_config, cfg.critic)
+        rows = -(-cfg.rollouts_per_iteration // self.shards) * self.shards
+        updates = cfg.num_iterations * cfg.epochs_per_iteration * (rows // cfg.minibatch_size)
+        lr = cfg.learning_rate or ctx.optimizer.learning_rate
+        opt = phase_optimizer(ctx.optimizer.replace(learning_rate=lr), updates)
+        tx, self.step_fn, self.experience_fn, shardings = _programs(self.ac, cfg, opt, mesh)
+        ac_params = self.ac.init(ctx.init_params, jax.random.key(cfg.seed))
+        self.ref_params = ctx.init_params
+        if mesh is not None:
+            lm = {k: v for k, v in shardings["policy"].items() if k in ctx.init_params}
+            self.ref_params = jax.device_put(ctx.init_params, lm)
+        host = {
+            "kl_controller": _kl_controller(cfg).state_dict(),
+            "reward_moments": RunningMoments().state_dict(),
+        }
+        return init_train_state(ac_params, tx, mesh, shardings), host
+
+    def policy_params(self, arrays: Any) -> Any:
+        return self.ac.policy_params(arrays.params)
+
+    def plan(self, ctx: PhaseContext, state: PhaseState, round_index: int) -> RoundPlan:
+        cfg, it = self.cfg, round_index - 1  # PPO's random streams number iterations from 0
+        return RoundPlan(
+            questions=draw_questions(
+                ctx.train, cfg.prompts_per_iteration, cfg.seed, it, in_order=False
+            ),
+            params=self.policy_params(state.arrays),
+            sampling=cfg.sampling(ctx.policy),
+            key=round_key(cfg.seed, it),
+            prompts_per_call=cfg.prompts_per_call,
         )
-    workdir = Path(workdir)
-    mesh = policy.mesh
-    ac = ActorCritic(policy.model_config, cfg.critic)
-    rows = -(-cfg.rollouts_per_iteration // shards) * shards
-    updates = cfg.num_iterations * cfg.epochs_per_iteration * (rows // cfg.minibatch_size)
-    lr = cfg.learning_rate or optimizer.learning_rate
-    opt = optimizer.replace(
-        learning_rate=lr,
-        total_steps=max(updates, 1),
-        warmup_steps=min(optimizer.warmup_steps, max(updates - 1, 0)),
-    )
-    tx, step_fn, experience_fn, shardings = _programs(ac, cfg, opt, mesh)
-    key = jax.random.key(cfg.seed)
-    state = init_train_state(ac.init(init_params, key), tx, mesh, shardings)
-    ref_params = init_params
-    if mesh is not None:
-        lm_shardings = {k: v for k, v in shardings["policy"].items() if k in init_params}
-        ref_params = jax.device_put(init_params, lm_shardings)
-    kl_ctl, moments = _kl_controller(cfg), RunningMoments()
-    history: list[dict[str, Any]] = []
-    start = 0
-    ckpt = Checkpointer(workdir / "checkpoints", keep=2, async_save=False)
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state)
-        start = int(meta["iteration"])
-        kl_ctl = kl_controller_from_state(meta["kl_controller"])
-        moments = RunningMoments.from_state_dict(meta["reward_moments"])
-        history = meta["history"]
-        log.info("PPO: resumed after iteration %d from %s", start, ckpt.directory)
-    sampling = policy.sampling_config(cfg.samples_per_prompt, cfg.temperature, cfg.max_new_tokens)
-    writer = MetricWriter(workdir)
-    phase = f"ppo_{cfg.reward}"
-    bar = ThroughputBar(
-        cfg.num_iterations, initial=start, desc=phase, disable=not show_progress or None
-    )
-    try:
-        with PreemptionGuard() as guard:
-            for it in range(start, cfg.num_iterations):
-                it_key = jax.random.fold_in(key, it)
-                questions = _iteration_questions(train_examples, cfg, it)
-                rollouts = sample_rollouts(
-                    policy,
-                    ac.policy_params(state.params),
-                    questions,
-                    sampling,
-                    it_key,
-                    cfg.prompts_per_call,
-                )
-                batch = sequence_batch(
-                    rollouts.prompt_ids,
-                    rollouts.response_ids,
-                    policy.tokenizer.pad_id,
-                    cfg.length_multiple,
-                    shards,
-                )
-                shape = batch["tokens"].shape
-                score, dense = rollout_rewards(
-                    rollouts, cfg.reward, policy.tokenizer, shape, orm_scorer
-                )
-                raw_return = score + dense.sum(-1)
-                if cfg.scale_rewards:
-                    moments.update(raw_return[: len(rollouts)])
-                    scale = 1.0 / (moments.std + 1e-8)
-                    score = np.clip(score * scale, -cfg.reward_clip, cfg.reward_clip)
-                    dense = np.clip(dense * scale, -cfg.reward_clip, cfg.reward_clip)
-                sampler_lp = place_response_values(
-                    rollouts.policy_logprobs, rollouts.prompt_ids, shape
-                )
-                exp, stats = experience_fn(
-                    state.params,
-                    ref_params,
-                    shard_batch(batch, mesh),
-                    shard_batch({"lp": sampler_lp}, mesh)["lp"],
-                    shard_batch({"s": score}, mesh)["s"],
-                    shard_batch({"d": dense}, mesh)["d"],
-                    jnp.float32(kl_ctl.value),
-                )
-                exp = jax.device_get(exp)
-                metrics = []
-                for epoch in range(cfg.epochs_per_iteration):
-                    order = np.random.default_rng([cfg.seed, it, epoch]).permutation(shape[0])
-                    for j in range(shape[0] // cfg.minibatch_size):
-                        idx = order[j * cfg.minibatch_size : (j + 1) * cfg.minibatch_size]
-                        mb = {k: v[idx] for k, v in exp.items()}
-                        state, m = step_fn(state, shard_batch(mb, mesh), it_key)
-                        metrics.append(m)
-                metrics = jax.device_get(metrics)
-                if not all(bool(m["finite"]) for m in metrics):
-                    raise FloatingPointError(
-                        f"PPO iteration {it + 1}: a non-finite loss (that update was skipped); "
-                        f"last checkpoint in {ckpt.directory}"
-                    )
-                stats = {k: float(v) for k, v in jax.device_get(stats).items()}
-                kl_ctl.update(stats["kl_per_sequence"], len(rollouts))
-                drawn = (history[-1]["samples_drawn"] if history else 0) + len(rollouts)
-                entry = {
-                    "iteration": it + 1,
-                    "samples_drawn": drawn,
-                    "score_mean": float(np.mean(raw_return[: len(rollouts)])),
-                    "correct_fraction": float(
-                        np.mean(
-                            sparse_reward(rollouts.texts, [e.answer for e in rollouts.examples])
-                        )
-                    ),
-                    "response_tokens": float(np.mean([len(r) for r in rollouts.response_ids])),
-                    "kl_coef": kl_ctl.value,
-                    **stats,
-                    **{k: float(np.mean([m[k] for m in metrics])) for k in _LOGGED},
-                }
-                last = it + 1 == cfg.num_iterations
-                if eval_examples and (last or (cfg.eval_every and (it + 1) % cfg.eval_every == 0)):
-                    result = policy.evaluate(
-                        ac.policy_params(state.params), eval_examples, greedy_only(eval_cfg)
-                    )
-                    entry["eval"] = flat_summary(result)
-                history.append(entry)
-                bar.update(1, int(exp["mask"].sum()), score=entry["score_mean"])
-                writer.write(it + 1, {k: v for k, v in entry.items() if k != "eval"}, phase)
-                if "eval" in entry:
-                    writer.write(it + 1, entry["eval"], f"{phase}_eval")
-                log.info(
-                    "%s iteration %d: score %.3f, correct %.3f, kl %.4f, clip %.3f",
-                    phase,
-                    it + 1,
-                    entry["score_mean"],
-                    entry["correct_fraction"],
-                    entry["kl_per_sequence"],
-                    entry["clip_fraction"],
-                )
-                meta = {
-                    "iteration": it + 1,
-                    "kl_controller": kl_ctl.state_dict(),
-                    "reward_moments": moments.state_dict(),
-                    "history": history,
-                    "seed": cfg.seed,
-                    "phase": phase,
-                }
-                if last or (it + 1) % cfg.checkpoint_every == 0 or guard.should_stop:
-                    ckpt.save(it + 1, state, meta, force=True)
-                if not last and guard.should_stop:
-                    ckpt.wait()
-                    message = (
-                        f"received SIGTERM: saved PPO after iteration {it + 1} in "
-                        f"{ckpt.directory}; re-run the same command to resume"
-                    )
-                    log.warning(message)
-                    raise Preempted(message)
-    finally:
-        bar.close()
-        writer.close()
-        ckpt.close()
-    return ac.policy_params(state.params), history
+
+    def improve(
+        self, ctx: PhaseContext, state: PhaseState, rollouts: Rollouts, round_index: int
+    ) -> Improved:
+        mesh, it = ctx.policy.mesh, round_index - 1
+        kl_ctl = kl_controller_from_state(state.host["kl_controller"])
+        moments = RunningMoments.from_state_dict(state.host["reward_moments"])
+        batch, score, dense, raw_return = self._scored_batch(ctx, rollouts, moments)
+        shape = batch["tokens"].shape
+        sampler_lp = place_response_values(rollouts.policy_logprobs, rollouts.prompt_ids, shape)
+        exp, stats = self.experience_fn(
+            state.arrays.params,
+            self.ref_params,
+            shard_batch(batch, mesh),
+            *shard_batch({"lp": sampler_lp, "s": score, "d": dense}, mesh).values(),
+            jnp.float32(kl_ctl.value),
+        )
+        train_state, metrics = self._minibatch_epochs(state.arrays, jax.device_get(exp), mesh, it)
+        stats = {k: float(v) for k, v in jax.device_get(stats).items()}
+        kl_ctl.update(stats["kl_per_sequence"], len(rollouts))
+        answers = [e.answer for e in rollouts.examples]
+        entry = {
+            "score_mean": float(np.mean(raw_return)),
+            "correct_fraction": float(np.mean(sparse_reward(rollouts.texts, answers))),
+            "response_tokens": float(np.mean([len(r) for r in rollouts.response_ids])),
+            "kl_coef": kl_ctl.value,
+            **stats,
+            **{k: float(np.mean([m[k] for m in metrics])) for k in _LOGGED},
+        }
+        host = {"kl_controller": kl_ctl.state_dict(), "reward_moments": moments.state_dict()}
+        return Improved(train_state, host, entry)
+
+    def _scored_batch(
+        self, ctx: PhaseContext, rollouts: Rollouts, moments: RunningMoments
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """The rollouts in the sequence frame, their (scaled) scores and dense rewards, and
+        the raw returns of the real rows. Updates `moments` with the raw returns."""
+        cfg, tokenizer = self.cfg, ctx.policy.tokenizer
+        ids = (rollouts.prompt_ids, rollouts.response_ids)
+        batch = sequence_batch(*ids, tokenizer.pad_id, cfg.length_multiple, self.shards)
+        shape = batch["tokens"].shape
+        score, dense = rollout_rewards(rollouts, cfg.reward, tokenizer, shape, ctx.scorer)
+        raw_return = (score + dense.sum(-1))[: len(rollouts)]
+        if cfg.scale_rewards:
+            moments.update(raw_return)
+            scale = 1.0 / (moments.std + 1e-8)
+            score = np.clip(score * scale, -cfg.reward_clip, cfg.reward_clip)
+            dense = np.clip(dense * scale, -cfg.reward_clip, cfg.reward_clip)
+        return batch, score, dense, raw_return
+
+    def _minibatch_epochs(
+        self, train_state: Any, exp: dict[str, np.ndarray], mesh: Any, it: int
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        """`epochs_per_iteration` shuffled passes of minibatch updates over the rollouts."""
+        cfg, rows, metrics = self.cfg, exp["tokens"].shape[0], []
+        key = round_key(cfg.seed, it)
+        for epoch in range(cfg.epochs_per_iteration):
+            order = np.random.default_rng([cfg.seed, it, epoch]).permutation(rows)
+            for j in range(rows // cfg.minibatch_size):
+                idx = order[j * cfg.minibatch_size : (j + 1) * cfg.minibatch_size]
+                mb = {k: v[idx] for k, v in exp.items()}
+                train_state, m = self.step_fn(train_state, shard_batch(mb, mesh), key)
+                metrics.append(m)
+        metrics = jax.device_get(metrics)
+        if not all(bool(m["finite"]) for m in metrics):
+            raise FloatingPointError(
+                f"{self.phase} iteration {it + 1}: a non-finite loss (that update was skipped); "
+                "the phase resumes from its last saved state"
+            )
+        return train_state, metrics
 
 
+REWARD_TITLES = {"sparse": "sparse", "dense": "dense", "orm": "ORM", "dense_orm": "dense ORM"}
 _LOGGED = (
     "loss",
     "policy_loss",

@@ -1,9 +1,4 @@
-"""Rollouts: K sampled solutions per question, as text and as token sequences.
-
-PPO, the ORM and RCRL all start from the same thing: K solutions per question drawn from a
-policy, kept as the exact token ids the sampler produced (cut at the prompt format's stop
-sequences, EOS included when it was sampled), so that log-probs and scores refer to the
-tokens the policy chose, never to a re-tokenisation of their text.
+"""Rollouts (`sampling.rollouts`) in the sequence frame, and PPO's rewards there.
 
 Sequence frame: `sequence_batch` lays the rows out as right-padded [N, T] arrays,
 `[bos] prompt response pad...`, with `response_mask[n, t] = 1` on response tokens. A
@@ -14,14 +9,11 @@ it) sits at slot t; `place_response_values` puts per-row arrays there, and
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
-from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.pipeline import bucket_length, collate_supervised
 from jaxrl_reason.data.tokenizer import token_char_ends
 from jaxrl_reason.rewards.heuristic import (
@@ -30,76 +22,7 @@ from jaxrl_reason.rewards.heuristic import (
     sparse_reward,
 )
 from jaxrl_reason.rewards.orm import dense_orm_rewards
-from jaxrl_reason.sampling import SamplingConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class Rollouts:
-    """N = B * K sampled solutions, row n = sample n % K of question n // K."""
-
-    examples: list[Example]  # [N] the question of each row
-    texts: list[str]  # [N] completions, cut at the first stop sequence
-    prompt_ids: list[list[int]]  # [N] prompt ids (BOS included)
-    response_ids: list[list[int]]  # [N] kept sampled ids (EOS included when sampled)
-    policy_logprobs: list[np.ndarray]  # [N] raw-policy log-prob of each response id
-    num_samples: int  # K
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def grouped(self) -> list[list[str]]:
-        """The texts as [B][K]."""
-        k = self.num_samples
-        return [self.texts[i : i + k] for i in range(0, len(self.texts), k)]
-
-    def questions(self) -> list[Example]:
-        """The B questions, in order."""
-        return self.examples[:: self.num_samples]
-
-
-def sample_rollouts(
-    policy: Any,
-    params: Any,
-    examples: Sequence[Example],
-    cfg: SamplingConfig,
-    rng: jax.Array,
-    prompts_per_call: int = 64,
-    prompt_format: Any = None,
-) -> Rollouts:
-    """K = `cfg.num_samples` solutions per question from `policy` (an `algorithms.Policy`).
-
-    `prompt_format` overrides the policy's (RCRL conditions the prompt on a return token).
-    Call n of the sampler uses `fold_in(rng, n)`, as evaluation does.
-    """
-    if not examples:
-        raise ValueError("sample_rollouts: no questions to sample")
-    fmt = prompt_format or policy.prompt_format
-    prompts = [fmt.format(ex.question) for ex in examples]
-    k = cfg.num_samples
-    rows: dict[str, list[Any]] = {"texts": [], "prompt_ids": [], "response_ids": [], "lp": []}
-    for n, start in enumerate(range(0, len(prompts), prompts_per_call)):
-        out = policy.text_sampler.generate(
-            params,
-            prompts[start : start + prompts_per_call],
-            cfg,
-            jax.random.fold_in(rng, n),
-            stop_sequences=tuple(fmt.stop_sequences),
-        )
-        for b, ids in enumerate(out.prompt_ids):
-            for j in range(k):
-                m = int(out.num_tokens[b, j])
-                rows["texts"].append(out.texts[b][j])
-                rows["prompt_ids"].append(list(ids))
-                rows["response_ids"].append(out.tokens[b, j, :m].tolist())
-                rows["lp"].append(np.asarray(out.policy_logprobs[b, j, :m], np.float32))
-    return Rollouts(
-        examples=[ex for ex in examples for _ in range(k)],
-        texts=rows["texts"],
-        prompt_ids=rows["prompt_ids"],
-        response_ids=rows["response_ids"],
-        policy_logprobs=rows["lp"],
-        num_samples=k,
-    )
+from jaxrl_reason.sampling.rollouts import Rollouts
 
 
 def sequence_batch(

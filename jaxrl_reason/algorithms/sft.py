@@ -17,10 +17,10 @@ import gin
 from jaxrl_reason.algorithms.policy import Policy
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.pipeline import SupervisedBatches
-from jaxrl_reason.evaluation.evaluate import EvalConfig
+from jaxrl_reason.evaluation.evaluate import EvalConfig, flat_summary
 from jaxrl_reason.parallel import batch_shards
 from jaxrl_reason.training.metrics_writer import read_metrics
-from jaxrl_reason.training.optimizer import OptimizerConfig
+from jaxrl_reason.training.optimizer import OptimizerConfig, phase_optimizer
 from jaxrl_reason.training.sft_loop import train_sft
 
 log = logging.getLogger(__name__)
@@ -36,21 +36,6 @@ class SFTConfig:
     evaluate_each_epoch: bool = True
     checkpoint_every: int = 200
     seed: int = 0
-
-
-def flat_summary(result: dict[str, Any]) -> dict[str, float]:
-    """The scalar metrics of an evaluation result (CIs dropped), for metric writers."""
-    return {k: float(v) for k, v in result["summary"].items() if not k.endswith("_ci")}
-
-
-def phase_optimizer(optimizer: OptimizerConfig, num_steps: int) -> OptimizerConfig:
-    """`optimizer` with its schedule fitted to a phase of `num_steps` steps.
-
-    Warm-up is capped to leave at least one decay step, so short phases (a small EI round)
-    still get a valid schedule.
-    """
-    warmup = min(optimizer.warmup_steps, max(num_steps - 1, 0))
-    return optimizer.replace(total_steps=max(num_steps, 1), warmup_steps=warmup)
 
 
 def run_sft(

@@ -10,8 +10,6 @@ from jaxrl_reason.data.pipeline import (
     SupervisedBatches,
     bucket_length,
     collate_supervised,
-    encode_prompts,
-    prompt_batch,
     tokenize_examples,
 )
 from jaxrl_reason.data.prompts import (
@@ -19,7 +17,6 @@ from jaxrl_reason.data.prompts import (
     PromptFormat,
     few_shot,
     prompt_format,
-    truncate_at_stop,
     zero_shot,
 )
 from jaxrl_reason.data.svamp import load_svamp
@@ -46,19 +43,16 @@ __all__ = [
     "Tokenizer",
     "bucket_length",
     "collate_supervised",
-    "encode_prompts",
     "few_shot",
     "generate_arith",
     "load_gsm8k",
     "load_svamp",
     "load_task",
     "load_tokenizer",
-    "prompt_batch",
     "prompt_format",
     "token_char_ends",
     "tokenize_examples",
     "train_sentencepiece",
     "train_tokenizer_for_task",
-    "truncate_at_stop",
     "zero_shot",
 ]

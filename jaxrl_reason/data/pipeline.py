@@ -109,7 +109,48 @@ def collate_supervised(
     }
 
 
-class SupervisedBatches:
+class EpochBatches:
+    """Endless, deterministic, resumable epochs of batches: the position in them.
+
+    Epoch e visits the `num_items` items in the permutation `default_rng([seed, e])`,
+    `batch_size` at a time, `batches_per_epoch` batches an epoch. Subclasses make a batch
+    of the rows `_next_rows()` returns; `state()` / `restore()` save and set the position.
+    """
+
+    def _start_epochs(
+        self, num_items: int, batch_size: int, batches_per_epoch: int, seed: int
+    ) -> None:
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.batches_per_epoch = batches_per_epoch
+        self.restore({"epoch": 0, "batch": 0})
+
+    def state(self) -> dict[str, int]:
+        """The position of the next batch (plain ints, checkpointable)."""
+        return {"epoch": self._epoch, "batch": self._batch}
+
+    def restore(self, state: dict[str, int]) -> None:
+        """Continue from a `state()`: the next batch is the one that followed it."""
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        if not 0 <= batch < self.batches_per_epoch or epoch < 0:
+            raise ValueError(
+                f"invalid batch position {state} ({self.batches_per_epoch} batches/epoch)"
+            )
+        self._epoch, self._batch = epoch, batch
+        self._order = np.random.default_rng([self.seed, epoch]).permutation(self.num_items)
+
+    def _next_rows(self) -> np.ndarray:
+        """The item indices of the next batch; advances the position."""
+        rows = self._order[self._batch * self.batch_size : (self._batch + 1) * self.batch_size]
+        self._batch += 1
+        if self._batch == self.batches_per_epoch:
+            self.restore({"epoch": self._epoch + 1, "batch": 0})
+        return rows
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+
+class SupervisedBatches(EpochBatches):
     """Endless, deterministic, resumable batches of (prompt, solution) sequences.
 
     `length_multiple=None` pads every batch to `max_len` (one compiled shape); an int
@@ -148,80 +189,16 @@ class SupervisedBatches:
         self.responses = [responses[i] for i in keep]
         self.example_ids = [examples[i].id for i in keep]
         self.pad_id = tokenizer.pad_id
-        self.batch_size = batch_size
         self.max_len = max_len
-        self.seed = seed
         self.length_multiple = length_multiple
-        self.batches_per_epoch = len(keep) // batch_size
-        self._epoch, self._batch = 0, 0
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))
-
-    def state(self) -> dict[str, int]:
-        """The position of the next batch (plain ints, checkpointable)."""
-        return {"epoch": self._epoch, "batch": self._batch}
-
-    def restore(self, state: dict[str, int]) -> None:
-        """Continue from a `state()`: the next batch is the one that followed it."""
-        epoch, batch = int(state["epoch"]), int(state["batch"])
-        if not 0 <= batch < self.batches_per_epoch or epoch < 0:
-            raise ValueError(
-                f"invalid pipeline state {state} ({self.batches_per_epoch} batches/epoch)"
-            )
-        self._epoch, self._batch = epoch, batch
-        self._order = self._permutation(epoch)
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return self
+        self._start_epochs(len(keep), batch_size, len(keep) // batch_size, seed)
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rows = self._order[self._batch * self.batch_size : (self._batch + 1) * self.batch_size]
+        rows = self._next_rows()
         prompts = [self.prompts[i] for i in rows]
         responses = [self.responses[i] for i in rows]
         length = self.max_len
         if self.length_multiple is not None:
             longest = max(len(p) + len(r) for p, r in zip(prompts, responses))
             length = min(self.max_len, bucket_length(longest, self.length_multiple))
-        batch = collate_supervised(prompts, responses, self.pad_id, length)
-        self._batch += 1
-        if self._batch == self.batches_per_epoch:
-            self._epoch, self._batch = self._epoch + 1, 0
-            self._order = self._permutation(self._epoch)
-        return batch
-
-
-def prompt_batch(
-    prompts: Sequence[Sequence[int]],
-    pad_id: int,
-    multiple: int = 32,
-    powers_of_two: bool = False,
-    max_len: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """LEFT-padded `(prompt_tokens [B, P] int32, prompt_mask [B, P] int32)`.
-
-    P is the longest prompt bucketed by `bucket_length`. A prompt longer than `max_len`
-    is an error (truncating a question would change it).
-    """
-    longest = max((len(p) for p in prompts), default=1)
-    if max_len is not None and longest > max_len:
-        i = next(i for i, p in enumerate(prompts) if len(p) > max_len)
-        raise ValueError(f"prompt {i} has {len(prompts[i])} tokens, more than max_len={max_len}")
-    length = bucket_length(longest, multiple, powers_of_two)
-    if max_len is not None:
-        length = min(length, max(max_len, longest))
-    tokens = np.full((len(prompts), length), pad_id, dtype=np.int32)  # [B, P]
-    mask = np.zeros((len(prompts), length), dtype=np.int32)  # [B, P]
-    for b, p in enumerate(prompts):
-        if len(p):
-            tokens[b, length - len(p) :] = p
-            mask[b, length - len(p) :] = 1
-    return tokens, mask
-
-
-def encode_prompts(
-    questions: Sequence[str], tokenizer: Tokenizer, prompt_format: PromptFormat
-) -> list[list[int]]:
-    """Prompt ids (with bos) for questions, ready for `prompt_batch`."""
-    return tokenizer.encode_batch([prompt_format.format(q) for q in questions], add_bos=True)
+        return collate_supervised(prompts, responses, self.pad_id, length)

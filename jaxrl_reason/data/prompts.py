@@ -70,9 +70,3 @@ def prompt_format(
     if kind == "few_shot":
         return few_shot(exemplars, num_shots=num_shots, seed=seed)
     raise ValueError(f"unknown prompt format kind {kind!r}; use 'zero_shot' or 'few_shot'")
-
-
-def truncate_at_stop(text: str, stop_sequences: Sequence[str] = STOP_SEQUENCES) -> tuple[str, bool]:
-    """`text` up to its earliest stop sequence, and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stop_sequences if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)

@@ -20,6 +20,7 @@ from jaxrl_reason.data.prompts import PromptFormat
 from jaxrl_reason.evaluation.metrics import metric_curves, summarize
 from jaxrl_reason.rewards.grading import extract_answer
 from jaxrl_reason.sampling import SamplingConfig
+from jaxrl_reason.sampling.rollouts import sample_rollouts
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +61,9 @@ def sampling_config(
     )
 
 
-def generate(
-    text_sampler: Any,
-    params: Any,
-    prompts: Sequence[str],
-    cfg: SamplingConfig,
-    rng: jax.Array,
-    prompts_per_call: int,
-    stop_sequences: Sequence[str],
-) -> list[list[str]]:
-    """[B][K] completions, sampling `prompts_per_call` prompts per sampler call."""
-    texts: list[list[str]] = []
-    for n, start in enumerate(range(0, len(prompts), prompts_per_call)):
-        chunk = list(prompts[start : start + prompts_per_call])
-        out = text_sampler.generate(
-            params, chunk, cfg, jax.random.fold_in(rng, n), stop_sequences=tuple(stop_sequences)
-        )
-        texts.extend(out.texts)
-    return texts
+def flat_summary(result: dict[str, Any]) -> dict[str, float]:
+    """The scalar metrics of an evaluation result (CIs dropped), for histories and metrics."""
+    return {k: float(v) for k, v in result["summary"].items() if not k.endswith("_ci")}
 
 
 def evaluate_policy(
@@ -92,24 +78,16 @@ def evaluate_policy(
     """Metrics of `params` on `examples`: a JSON-able dict (summary, curves, answers)."""
     if not examples:
         raise ValueError("evaluate_policy: no examples to evaluate")
-    prompts = [prompt_format.format(ex.question) for ex in examples]
     rng = jax.random.key(cfg.seed)
     base = sampling_config(1, 0.0, cfg.max_new_tokens, eos_id)
-    stops = prompt_format.stop_sequences
-    greedy = generate(
-        text_sampler, params, prompts, base, jax.random.fold_in(rng, 0), cfg.prompts_per_call, stops
-    )
+    sample = lambda sampling, key: sample_rollouts(
+        text_sampler, prompt_format, params, examples, sampling, key, cfg.prompts_per_call
+    ).grouped()
+    greedy = sample(base, jax.random.fold_in(rng, 0))
     samples: list[list[str]] = [[] for _ in examples]
     if cfg.num_samples:
-        samples = generate(
-            text_sampler,
-            params,
-            prompts,
-            base.replace(num_samples=cfg.num_samples, temperature=cfg.temperature),
-            jax.random.fold_in(rng, 1),
-            cfg.prompts_per_call,
-            stops,
-        )
+        sampled = base.replace(num_samples=cfg.num_samples, temperature=cfg.temperature)
+        samples = sample(sampled, jax.random.fold_in(rng, 1))
     references = [ex.answer for ex in examples]
     greedy_answers = [extract_answer(g[0]) for g in greedy]
     sample_answers = [[extract_answer(s) for s in row] for row in samples if row]

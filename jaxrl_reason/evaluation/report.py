@@ -1,8 +1,7 @@
-"""Results tables (markdown and JSON) and the accuracy-against-samples plot."""
+"""Results tables (markdown) and the accuracy-against-samples plot."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,19 +34,6 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], k: int) -> str:
             "| " + " | ".join([row["method"]] + [_cell(row, c) for c in TABLE_COLUMNS]) + " |"
         )
     return "\n".join(lines)
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a file by renaming a finished temporary file over it, so it is never partial."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def plot_accuracy_vs_samples(

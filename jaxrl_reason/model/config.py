@@ -83,6 +83,17 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> ModelConfig:
+        """The inverse of `dataclasses.asdict` (as written to run.json and checkpoints)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(fields) - known):
+            raise ValueError(f"model config has unknown fields {unknown}; known: {sorted(known)}")
+        fields = dict(fields)
+        if fields.get("rope_scaling") is not None:
+            fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
+        return cls(**fields)
+
     def num_params(self, include_embeddings: bool = True) -> int:
         """Parameters of the language model (heads excluded)."""
         d, f, h = self.d_model, self.mlp_dim, self.head_dim
@@ -137,6 +148,27 @@ def small_50m() -> ModelConfig:
         head_dim=64,
         mlp_dim=1536,
         max_seq_len=2048,
+    )
+
+
+def demo() -> ModelConfig:
+    """~1M parameters: the model `jaxrl-reason demo` trains from scratch on `arith`."""
+    return ModelConfig(
+        vocab_size=512,
+        d_model=128,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        mlp_dim=384,
+        max_seq_len=256,
+    )
+
+
+def demo_smoke() -> ModelConfig:
+    """The smoke demo's model (seconds on a CPU, for tests)."""
+    return demo().replace(
+        d_model=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64
     )
 
 
@@ -209,6 +241,8 @@ def llama3_8b() -> ModelConfig:
 PRESETS = {
     "tiny": tiny,
     "small_50m": small_50m,
+    "demo": demo,
+    "demo_smoke": demo_smoke,
     "llama2_7b": llama2_7b,
     "llama2_13b": llama2_13b,
     "llama2_70b": llama2_70b,

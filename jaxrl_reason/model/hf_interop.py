@@ -121,13 +121,7 @@ def model_config_to_json(config: ModelConfig) -> str:
 
 
 def model_config_from_json(text: str) -> ModelConfig:
-    fields = json.loads(text)
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    if unknown := sorted(set(fields) - known):
-        raise ValueError(f"model config JSON has unknown fields {unknown}; known: {sorted(known)}")
-    if fields.get("rope_scaling") is not None:
-        fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
-    return ModelConfig(**fields)
+    return ModelConfig.from_dict(json.loads(text))
 
 
 # ----------------------------------------------------------------------------- tensor map

@@ -71,11 +71,8 @@ def rope_frequencies(config: ModelConfig) -> jax.Array:
 
 
 def rope_tables(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """cos and sin [B, T, 1, H/2] of the RoPE angles of `positions` [B, T].
-
-    Computed once per forward pass and shared by every layer (per layer, the sines and
-    cosines cost a decode step on a CPU about a tenth of its time).
-    """
+    """cos and sin [B, T, 1, H/2] of the RoPE angles of `positions` [B, T], computed once
+    per forward pass and shared by every layer (why: BENCHMARKS.md)."""
     angles = positions[:, :, None, None].astype(jnp.float32) * inv_freq
     return jnp.cos(angles), jnp.sin(angles)
 
@@ -205,8 +202,7 @@ class Attention(nn.Module):
             start += size
         if append_at is None:
             out = out + jnp.einsum("BKGTS,BSKH->BKGTH", probs[..., start:], val)
-        # Project as a plain matmul [B, T, N * H] x [N * H, D]: contracting (N, H) as two
-        # axes, XLA:CPU transposed `wo` at every decode step (the layouts it chose).
+        # One [B, T, N * H] x [N * H, D] matmul (why: BENCHMARKS.md, output projection).
         out = jnp.moveaxis(out, 3, 1).reshape(b, t, n * h)
         return jnp.einsum("BTF,FD->BTD", out, wo.reshape(n * h, d).astype(dt)), new_kv
 
@@ -221,8 +217,7 @@ class Mlp(nn.Module):
         gate = _param(self, "gate", (c.d_model, c.mlp_dim), ("embed", "mlp"), _fan_in(0, 1), pdt)
         up = _param(self, "up", (c.d_model, c.mlp_dim), ("embed", "mlp"), _fan_in(0, 1), pdt)
         down = _param(self, "down", (c.mlp_dim, c.d_model), ("mlp", "embed"), _fan_in(0, 1), pdt)
-        # Gate and up in one einsum: on a CPU this saves ~20% of a training step, mostly
-        # copies in the backward pass (benchmarks/train_throughput.py).
+        # Gate and up in one einsum (why: BENCHMARKS.md, train_throughput).
         gate_up = jnp.stack([gate, up], axis=1).astype(dt)  # [D, 2, F]
         both = jnp.einsum("BTD,DCF->BTCF", x, gate_up)
         hidden = jax.nn.silu(both[:, :, 0]) * both[:, :, 1]

@@ -13,7 +13,6 @@ PPO value convention, where the value at a token is taken *before* the token.)
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import chex
@@ -21,8 +20,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-
-from jaxrl_reason.algorithms.advantages import last_token_onehot
 
 
 def orm_token_labels(
@@ -75,6 +72,15 @@ def orm_loss(
     return loss, metrics
 
 
+def last_token_onehot(mask: jax.Array) -> jax.Array:
+    """[B, T] float32 with a 1 at each row's last valid slot (all 0 for an empty row)."""
+    t = mask.shape[-1]
+    valid = mask.astype(jnp.bool_)
+    last = t - 1 - jnp.argmax(valid[:, ::-1], axis=-1)  # [B]
+    onehot = jax.nn.one_hot(last, t, dtype=jnp.float32)
+    return onehot * valid.any(axis=-1, keepdims=True)
+
+
 def final_scores(reward_logits: jax.Array, response_mask: jax.Array) -> jax.Array:
     """sigmoid of the logit at each row's last response token [B] (0 for an empty row).
 
@@ -124,6 +130,19 @@ def dense_orm_rewards(
     return jnp.where(ends, scores - prev_score, 0.0)
 
 
+def reward_logits(model: nn.Module, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+    """The reward head's logits [B, T] of a batch in the sequence frame (tokens, positions,
+    input_mask); `model` is a `Transformer(config, heads=("reward",))`."""
+    out = model.apply(
+        {"params": params},
+        batch["tokens"],
+        batch["positions"],
+        batch["input_mask"],
+        return_logits=False,
+    )
+    return out.heads["reward"]
+
+
 def orm_loss_fn(
     model: nn.Module, params: Any, batch: dict[str, jax.Array], rng: jax.Array
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -134,25 +153,4 @@ def orm_loss_fn(
     positions, labels and label_mask, all [B, T] in the sequence frame.
     """
     del rng  # the model has no dropout
-    out = model.apply(
-        {"params": params},
-        batch["tokens"],
-        batch["positions"],
-        batch["input_mask"],
-        return_logits=False,
-    )
-    return orm_loss(out.heads["reward"], batch["labels"], batch["label_mask"])
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def score_samples(
-    model: nn.Module,
-    params: Any,
-    tokens: jax.Array,
-    input_mask: jax.Array,
-    positions: jax.Array,
-    response_mask: jax.Array,
-) -> jax.Array:
-    """ORM scores [B] of finished samples (prompt + response, [B, T]) for reranking."""
-    out = model.apply({"params": params}, tokens, positions, input_mask, return_logits=False)
-    return final_scores(out.heads["reward"], response_mask)
+    return orm_loss(reward_logits(model, params, batch), batch["labels"], batch["label_mask"])

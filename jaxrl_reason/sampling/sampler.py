@@ -65,11 +65,8 @@ from jaxrl_reason.sampling.strategies import Strategy, sample_step
 log = logging.getLogger(__name__)
 CACHE_AXES = ("layers", "batch", "kv_heads", "length", "head_dim")
 
-# A decode step's matmuls are [rows, d_model] x weight. With few rows, XLA:CPU's YNNPACK
-# fusions (its default for matmuls) lose to Eigen's: each splits across the thread pool
-# and the synchronisation costs more than it saves. At or below this many rows per device
-# the decode program turns them off (2-core machine, benchmarks/sampler.py W1, 8 rows:
-# ~10% faster; at 32 rows and more YNNPACK was faster).
+# Rows per device at or below which the CPU decode uses Eigen matmuls, not YNNPACK's
+# (measured crossover: BENCHMARKS.md, "Eigen matmuls for small decodes").
 CPU_EIGEN_MAX_ROWS = 16
 _NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 

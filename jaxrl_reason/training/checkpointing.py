@@ -18,6 +18,9 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from jaxrl_reason.model import init_params, param_logical_axes
+from jaxrl_reason.parallel import logical_shardings
+
 log = logging.getLogger(__name__)
 _MAX_REASON = 400  # characters of an orbax/tensorstore error kept in messages
 
@@ -167,3 +170,40 @@ class Checkpointer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def abstract_params(config: Any, heads: tuple[str, ...] = (), mesh: Any = None) -> Any:
+    """ShapeDtypeStructs of a model's params, placed on `mesh` by the logical-axis rules
+    (or on the first device): the target `load_params` restores onto."""
+    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0), heads=heads))
+    if mesh is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, shapes)
+    else:
+        shardings = logical_shardings(param_logical_axes(config, heads), mesh)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+    )
+
+
+def save_params(directory: str | os.PathLike, params: Any, meta: dict[str, Any]) -> int:
+    """Append `params` (and JSON `meta`) to `directory` as its next step; return the step."""
+    with Checkpointer(directory, keep=1000, async_save=False) as ckpt:
+        latest = ckpt.latest_step()
+        step = 0 if latest is None else latest + 1
+        ckpt.save(step, params, meta, force=True)
+    return step
+
+
+def load_params(
+    directory: str | os.PathLike, target: Any, step: int | None = None, what: str = "params"
+) -> tuple[Any, dict[str, Any]]:
+    """(params, meta) of `directory`'s newest (or `step`) checkpoint onto `target`'s layout
+    (e.g. `abstract_params(...)`). `what` names them in the error when there are none."""
+    if not os.path.isdir(directory) or not os.listdir(directory):
+        raise FileNotFoundError(
+            f"no saved {what} in {os.fspath(directory)}: train the run first "
+            "(`jaxrl-reason train ...` or `jaxrl-reason demo`)"
+        )
+    with Checkpointer(directory, keep=1000, async_save=False) as ckpt:
+        return ckpt.restore(target, step)

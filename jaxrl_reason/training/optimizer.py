@@ -117,3 +117,13 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     if cfg.accumulation_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulation_steps).gradient_transformation()
     return tx
+
+
+def phase_optimizer(optimizer: OptimizerConfig, num_steps: int) -> OptimizerConfig:
+    """`optimizer` with its schedule fitted to a phase of `num_steps` steps.
+
+    Warm-up is capped to leave at least one decay step, so short phases (a small EI round)
+    still get a valid schedule.
+    """
+    warmup = min(optimizer.warmup_steps, max(num_steps - 1, 0))
+    return optimizer.replace(total_steps=max(num_steps, 1), warmup_steps=warmup)

@@ -1,6 +1,8 @@
 """Fixtures for the algorithm loops: an arith tokenizer (with the RCRL return tokens), a
 tiny policy on it, and arith questions."""
 
+import pathlib
+
 import jax
 import pytest
 
@@ -49,3 +51,22 @@ def tiny_policy(arith_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_params():
     return init_params(TINY, jax.random.key(0))
+
+
+def phase_context(policy, params, train, workdir, eval_examples=(), eval_config=None, **kw):
+    """A `PhaseContext` for running one algorithm alone (tests: no progress bars)."""
+    from jaxrl_reason.algorithms.rounds import PhaseContext
+    from jaxrl_reason.evaluation.evaluate import EvalConfig
+    from jaxrl_reason.training.optimizer import OptimizerConfig
+
+    return PhaseContext(
+        policy=policy,
+        init_params=params,
+        train=list(train),
+        eval_examples=list(eval_examples),
+        eval_config=eval_config or EvalConfig(num_samples=0, max_new_tokens=12),
+        optimizer=kw.pop("optimizer", OptimizerConfig(learning_rate=1e-3)),
+        workdir=pathlib.Path(workdir),
+        show_progress=False,
+        **kw,
+    )

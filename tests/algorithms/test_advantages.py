@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from jaxrl_reason.algorithms.advantages import gae, last_token_onehot, token_rewards, whiten
+from jaxrl_reason.algorithms.advantages import gae, token_rewards, whiten
+from jaxrl_reason.rewards.orm import last_token_onehot
 
 
 def _gae_reference(rewards, values, mask, gamma, lam):

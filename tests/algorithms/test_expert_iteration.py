@@ -1,13 +1,17 @@
-"""Expert Iteration bookkeeping: filtering, de-duplication, the cumulative dataset, re-init."""
+"""Expert Iteration's step: filtering, de-duplication, the cumulative dataset, re-init."""
 
-import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from jaxrl_reason.algorithms import expert_iteration as ei
+from jaxrl_reason.algorithms import fine_tuning
+from jaxrl_reason.algorithms.rounds import PhaseState
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.evaluation.evaluate import EvalConfig
-from jaxrl_reason.training.optimizer import OptimizerConfig
+from jaxrl_reason.sampling.rollouts import Rollouts
+from tests.algorithms.conftest import phase_context
 
 EXAMPLES = [
     Example("q1", "Tom has 2 apples and gets 3. How many?", "2+3=<<2+3=5>>5\n#### 5", "5"),
@@ -46,78 +50,65 @@ def test_as_examples_pairs_each_solution_with_its_question():
     ]
 
 
-class FakePolicy:
-    """Samples a correct answer for q1 only, with a different wording each round."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def sampling_config(self, num_samples, temperature, max_new_tokens):
-        return num_samples
-
-    def sample(self, params, examples, k, key, prompts_per_call):
-        self.calls += 1
-        return [[f"round {self.calls} #### {5 if ex.id == 'q1' else 0}"] * k for ex in examples]
-
-    def evaluate(self, params, examples, cfg):
-        return {"summary": {"maj@1": float(params), "maj@1_ci": (0.0, 1.0)}}
+def _rollouts(texts):
+    """Rollouts of EXAMPLES with `texts[q]` as question q's K samples."""
+    k = len(texts[0])
+    flat = [t for row in texts for t in row]
+    return Rollouts(
+        examples=[ex for ex in EXAMPLES for _ in range(k)],
+        texts=flat,
+        prompt_ids=[[1]] * len(flat),
+        response_ids=[[2]] * len(flat),
+        policy_logprobs=[np.zeros(1, np.float32)] * len(flat),
+        num_samples=k,
+    )
 
 
 @pytest.mark.parametrize("retrain_from_initial", [True, False])
-def test_rounds_start_from_initial_or_previous_params(tmp_path, monkeypatch, retrain_from_initial):
-    starts, datasets = [], []
+def test_improve_keeps_the_correct_merges_and_fine_tunes(
+    tmp_path, monkeypatch, tiny_policy, retrain_from_initial
+):
+    """Two rounds of EI's step: the cumulative dataset is what is fine-tuned on, from the
+    initial params or the previous round's, in the round's scratch directory."""
+    trained = []
 
-    def fake_train(policy, start, dataset, by_id, cfg, opt, ei_dir, r, show):
-        starts.append(start)
-        datasets.append({q: list(s) for q, s in dataset.items()})
-        return start + 1  # "training" moves the params
+    def fake_train_sft(model_config, params, factory, opt, workdir, num_steps, seed, **kw):
+        trained.append((params, sorted(set(factory().example_ids)), workdir, seed))
+        return SimpleNamespace(params=params + 10)
 
-    monkeypatch.setattr(ei, "_train_round", fake_train)
-    cfg = ei.ExpertIterationConfig(
-        num_rounds=3, samples_per_question=2, retrain_from_initial=retrain_from_initial
-    )
-    params, history = ei.run_expert_iteration(
-        FakePolicy(),
-        0,
-        EXAMPLES,
-        EXAMPLES[:1],
-        cfg,
-        OptimizerConfig(),
-        EvalConfig(),
-        tmp_path,
-        False,
-    )
-    assert starts == ([0, 0, 0] if retrain_from_initial else [0, 1, 2])
-    # One new distinct correct solution per round for q1, none for q2; cumulative.
-    assert [sum(map(len, d.values())) for d in datasets] == [1, 2, 3]
-    assert [h["samples_drawn"] for h in history] == [4, 8, 12]
-    assert [h["solved_fraction"] for h in history] == [0.5, 0.5, 0.5]
-    assert history[-1]["eval"]["maj@1"] == params
-    state = json.loads((tmp_path / "ei" / "state.json").read_text())
-    assert state["rounds_done"] == 3 and len(state["history"]) == 3
+    monkeypatch.setattr(fine_tuning, "train_sft", fake_train_sft)
+    cfg = ei.ExpertIterationConfig(num_rounds=2, retrain_from_initial=retrain_from_initial)
+    algo = ei.ExpertIteration(cfg)
+    ctx = phase_context(tiny_policy, 1, EXAMPLES, tmp_path)
+    arrays, host = algo.init(ctx)
+    state = PhaseState(arrays, host)
+    texts = [["r1 #### 5", "r1 #### 5 ", "#### 6"], ["#### 0"] * 3]
+    arrays, host, stats = algo.improve(ctx, state, _rollouts(texts), 1)
+    assert host == {"dataset": {"q1": ["r1 #### 5"]}} and arrays == 11
+    assert stats == {"questions": 2, "solved_fraction": 0.5, "new_solutions": 1, "dataset_size": 1}
+    state = PhaseState(arrays, host, 1, 6)
+    texts = [["r2 #### 5", "r1 #### 5", "#### 6"], ["#### 3", "#### 0", "#### 0"]]
+    arrays, host, stats = algo.improve(ctx, state, _rollouts(texts), 2)
+    assert host["dataset"] == {"q1": ["r1 #### 5", "r2 #### 5"], "q2": ["#### 3"]}
+    assert stats["new_solutions"] == 2 and stats["solved_fraction"] == 1.0
+    starts = [t[0] for t in trained]
+    assert starts == ([1, 1] if retrain_from_initial else [1, 11])
+    assert [t[1] for t in trained] == [["q1#0"], ["q1#0", "q1#1", "q2#0"]]
+    assert [t[2] for t in trained] == [tmp_path / "round_1", tmp_path / "round_2"]
+    assert [t[3] for t in trained] == [1, 2]  # seed + round
 
 
-def test_resume_skips_finished_rounds(tmp_path, monkeypatch):
-    calls = []
+def test_a_round_with_nothing_correct_leaves_the_policy(tmp_path, monkeypatch, tiny_policy):
+    monkeypatch.setattr(fine_tuning, "train_sft", lambda *a, **k: pytest.fail("trained"))
+    algo = ei.ExpertIteration(ei.ExpertIterationConfig(retrain_from_initial=False))
+    ctx = phase_context(tiny_policy, 1, EXAMPLES, tmp_path)
+    out = algo.improve(ctx, PhaseState(7, {"dataset": {}}), _rollouts([["#### 9"], ["x"]]), 1)
+    assert out.arrays == 7 and out.stats["dataset_size"] == 0
 
-    def fake_train(policy, start, dataset, by_id, cfg, opt, ei_dir, r, show):
-        calls.append((r, sum(map(len, dataset.values()))))
-        return r * 10
 
-    monkeypatch.setattr(ei, "_train_round", fake_train)
-    args = (0, EXAMPLES, [])
-    cfg1 = ei.ExpertIterationConfig(num_rounds=1, samples_per_question=1)
-    ei.run_expert_iteration(
-        FakePolicy(), *args, cfg1, OptimizerConfig(), EvalConfig(), tmp_path, False
-    )
-    policy = FakePolicy()
-    policy.calls = 1  # its next sample is worded as round 2's
-    cfg2 = ei.ExpertIterationConfig(num_rounds=2, samples_per_question=1)
-    params, history = ei.run_expert_iteration(
-        policy, *args, cfg2, OptimizerConfig(), EvalConfig(), tmp_path, False
-    )
-    # Round 1 is restored with its saved dataset (not re-sampled); round 2 adds to it.
-    assert calls == [(1, 1), (1, 1), (2, 2)]
-    assert policy.calls == 2, "round 1 must not be sampled again"
-    assert [h["round"] for h in history] == [1, 2]
-    assert history[1]["dataset_size"] == 2 and params == 20
+@pytest.mark.parametrize("full_every_round", [False, True])
+def test_evaluation_is_greedy_until_the_last_round(full_every_round):
+    cfg = ei.ExpertIterationConfig(num_rounds=3, full_eval_every_round=full_every_round)
+    algo = ei.ExpertIteration(cfg)
+    k = [algo.eval_config(r, EvalConfig(num_samples=8)).num_samples for r in (1, 2, 3)]
+    assert k == ([8, 8, 8] if full_every_round else [0, 0, 8])

@@ -1,20 +1,23 @@
 """ORM training: labels by hand, a toy ORM that learns to separate correct from wrong
 samples, resume without resampling, and scores against a hand-written forward pass."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
-from jaxrl_reason.algorithms import orm_scoring
+from jaxrl_reason.algorithms import orm_scoring, rounds
 from jaxrl_reason.algorithms import orm_training as ot
 from jaxrl_reason.algorithms.policy import Policy
-from jaxrl_reason.algorithms.rollouts import Rollouts
 from jaxrl_reason.model import Transformer
 from jaxrl_reason.parallel import make_mesh
+from jaxrl_reason.sampling.rollouts import Rollouts
 from jaxrl_reason.training.optimizer import OptimizerConfig
+from tests.algorithms.conftest import phase_context
 
 K = 4
-CFG = ot.ORMConfig(samples_per_question=K, epochs=8.0, batch_size=16, length_multiple=64, seed=0)
+CFG = ot.ORMConfig(num_samples=K, epochs=8.0, batch_size=16, length_multiple=64, seed=0)
 OPTIMIZER = OptimizerConfig(learning_rate=3e-3, schedule="constant")
 
 
@@ -31,9 +34,9 @@ class FakeSampler:
     def __init__(self):
         self.calls = 0
 
-    def __call__(self, policy, params, examples, cfg, rng, prompts_per_call=64):
+    def __call__(self, text_sampler, fmt, params, examples, cfg, rng, prompts_per_call=64):
         self.calls += 1
-        tok, fmt = policy.tokenizer, policy.prompt_format
+        tok = text_sampler.tokenizer
         texts = [t for ex in examples for t in _texts(ex)]
         prompts = [tok.encode(fmt.format(ex.question)) for ex in examples for _ in range(K)]
         responses = tok.encode_batch(texts, add_bos=False, add_eos=True)
@@ -47,14 +50,13 @@ class FakeSampler:
         )
 
 
-def _train(policy, params, examples, workdir):
+def _train(policy, params, examples, workdir, cfg=CFG):
     sampler = FakeSampler()
+    ctx = phase_context(policy, params, examples, workdir, optimizer=OPTIMIZER)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ot, "sample_rollouts", sampler)
-        orm, summary = ot.run_orm_training(
-            policy, params, examples, CFG, OPTIMIZER, workdir, show_progress=False
-        )
-    return orm, summary, sampler.calls
+        mp.setattr(rounds, "sample_rollouts", sampler)
+        result = rounds.run_rounds(ot.ORMTraining(cfg), ctx)
+    return result.params, result.state.history[0].stats, sampler.calls
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def test_trained_orm_separates_correct_from_wrong_on_new_questions(
     trained, tiny_policy, arith_examples
 ):
     s = trained["summary"]
-    assert (s["num_questions"], s["num_samples"], s["fraction_correct"]) == (16, 64, 0.5)
+    assert (s["num_questions"], s["labelled_samples"], s["fraction_correct"]) == (16, 64, 0.5)
     assert trained["calls"] == 1
     held_out = arith_examples[16:24]
     samples = [_texts(ex) for ex in held_out]
@@ -102,19 +104,16 @@ def test_resume_does_not_resample_and_restores_the_same_params(
     trained, tiny_policy, tiny_params, arith_examples
 ):
     workdir = trained["workdir"]
-    assert (workdir / "samples.jsonl").exists()
     orm, summary, calls = _train(tiny_policy, tiny_params, arith_examples[:16], workdir)
     assert calls == 0
     assert summary == trained["summary"]
     jax.tree.map(np.testing.assert_array_equal, orm, trained["params"])
     loaded, meta = orm_scoring.load_orm(workdir, tiny_policy)
     jax.tree.map(np.testing.assert_array_equal, loaded, trained["params"])
-    assert meta["num_samples"] == 64
-    other = ot.ORMConfig(samples_per_question=2)
-    with pytest.raises(ValueError, match="fresh workdir"):
-        ot.run_orm_training(
-            tiny_policy, tiny_params, arith_examples[:16], other, OPTIMIZER, workdir
-        )
+    assert meta["history"][0]["stats"]["labelled_samples"] == 64
+    other = dataclasses.replace(CFG, num_samples=2)  # another ORM: refused, not reused
+    with pytest.raises(ValueError, match="num_samples=4 but this run has num_samples=2"):
+        _train(tiny_policy, tiny_params, arith_examples[:16], workdir, other)
 
 
 def test_batches_label_every_response_token_or_only_step_ends():
@@ -210,7 +209,7 @@ def test_scorer_on_a_mesh_matches_one_device(trained, tiny_policy, arith_example
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("samples_per_question", 0),
+        ("num_samples", 0),
         ("batch_size", 0),
         ("epochs", 0.0),
         ("num_questions", 0),
@@ -225,8 +224,9 @@ def test_config_rejects_bad_values(field, value):
 
 def test_bad_calls_raise_clear_errors(tiny_policy, tiny_params, tmp_path):
     with pytest.raises(ValueError, match="no training questions"):
-        ot.run_orm_training(tiny_policy, tiny_params, [], CFG, OPTIMIZER, tmp_path)
-    with pytest.raises(FileNotFoundError, match="no trained ORM"):
+        _train(tiny_policy, tiny_params, [], tmp_path / "orm")
+    assert not (tmp_path / "orm").exists()
+    with pytest.raises(FileNotFoundError, match="no saved ORM"):
         orm_scoring.load_orm(tmp_path, tiny_policy)
     scorer = orm_scoring.ORMScorer(
         tiny_policy, ot.orm_init_params(tiny_policy.model_config, tiny_params)

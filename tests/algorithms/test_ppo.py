@@ -7,19 +7,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_reason.algorithms import ppo
+from jaxrl_reason.algorithms import ppo, rounds
 from jaxrl_reason.algorithms.actor_critic import ActorCritic
-from jaxrl_reason.algorithms.rollouts import Rollouts, sample_rollouts, sequence_batch
+from jaxrl_reason.algorithms.rollouts import sequence_batch
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.evaluation.evaluate import EvalConfig
 from jaxrl_reason.model import Transformer
+from jaxrl_reason.sampling.rollouts import Rollouts, sample_rollouts
 from jaxrl_reason.training.optimizer import OptimizerConfig
-from tests.algorithms.conftest import TINY
+from tests.algorithms.conftest import TINY, phase_context
 
 SMALL = ppo.PPOConfig(
     num_iterations=2,
     prompts_per_iteration=8,
-    samples_per_prompt=2,
+    num_samples=2,
     max_new_tokens=12,
     minibatch_size=8,
     epochs_per_iteration=2,
@@ -27,6 +28,15 @@ SMALL = ppo.PPOConfig(
 )
 EVAL = EvalConfig(num_samples=0, max_new_tokens=12)
 OPT = OptimizerConfig(learning_rate=1e-3)
+
+
+def run_ppo(policy, params, train, eval_examples, cfg, optimizer, workdir, scorer=None):
+    """(LM params, history) of PPO with `cfg` on the one loop."""
+    ctx = phase_context(
+        policy, params, train, workdir, eval_examples, EVAL, optimizer=optimizer, scorer=scorer
+    )
+    result = rounds.run_rounds(ppo.PPO(cfg), ctx)
+    return result.params, result.state.history
 
 
 @pytest.mark.parametrize("critic", ["shared", "separate"])
@@ -59,7 +69,14 @@ def test_actor_critic_frames_match_a_full_forward_pass(tiny_policy, tiny_params,
 
 def test_sampler_logprobs_equal_the_training_forward_pass(tiny_policy, tiny_params, arith_examples):
     cfg = tiny_policy.sampling_config(2, 1.0, 10)
-    rollouts = sample_rollouts(tiny_policy, tiny_params, arith_examples[:3], cfg, jax.random.key(3))
+    rollouts = sample_rollouts(
+        tiny_policy.text_sampler,
+        tiny_policy.prompt_format,
+        tiny_params,
+        arith_examples[:3],
+        cfg,
+        jax.random.key(3),
+    )
     batch = sequence_batch(rollouts.prompt_ids, rollouts.response_ids, 0, 32)
     ac = ActorCritic(TINY)
     logprobs, _, _ = jax.jit(ac.forward)(ac.init(tiny_params, jax.random.key(0)), batch)
@@ -140,43 +157,26 @@ def test_ppo_raises_a_toy_reward(tiny_policy, tiny_params, arith_examples, tmp_p
         temperature=1.0,
         kl_coef=0.0,
     )
-    params, history = ppo.run_ppo(
-        tiny_policy,
-        tiny_params,
-        arith_examples,
-        [],
-        cfg,
-        OptimizerConfig(learning_rate=3e-3),
-        EVAL,
-        tmp_path,
-        show_progress=False,
-    )
-    scores = [h["score_mean"] for h in history]
+    opt = OptimizerConfig(learning_rate=3e-3)
+    params, history = run_ppo(tiny_policy, tiny_params, arith_examples, [], cfg, opt, tmp_path)
+    scores = [h.stats["score_mean"] for h in history]
     assert 0.3 < scores[0] < 0.7, scores
     assert min(scores[-2:]) > scores[0] + 0.12, scores
-    assert all(np.isfinite(h["loss"]) for h in history)
-    assert history[-1]["samples_drawn"] == 8 * 16 * 2
+    assert all(np.isfinite(h.stats["loss"]) for h in history)
+    assert history[-1].samples_drawn == 8 * 16 * 2
 
 
 def test_resume_reproduces_an_uninterrupted_run(
     tiny_policy, tiny_params, arith_examples, tmp_path, monkeypatch
 ):
     cfg = dataclasses.replace(SMALL, num_iterations=3, kl_target=0.5, kl_horizon=100.0)
-    run = lambda wd: ppo.run_ppo(
-        tiny_policy,
-        tiny_params,
-        arith_examples,
-        arith_examples[:2],
-        cfg,
-        OPT,
-        EVAL,
-        wd,
-        show_progress=False,
+    run = lambda wd: run_ppo(
+        tiny_policy, tiny_params, arith_examples, arith_examples[:2], cfg, OPT, wd
     )
     full_params, full_history = run(tmp_path / "full")
 
     calls = {"n": 0}
-    real = ppo.sample_rollouts
+    real = rounds.sample_rollouts
 
     def dies_in_iteration_3(*args, **kwargs):
         calls["n"] += 1
@@ -184,15 +184,15 @@ def test_resume_reproduces_an_uninterrupted_run(
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ppo, "sample_rollouts", dies_in_iteration_3)
+    monkeypatch.setattr(rounds, "sample_rollouts", dies_in_iteration_3)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "cut")
-    monkeypatch.setattr(ppo, "sample_rollouts", real)
+    monkeypatch.setattr(rounds, "sample_rollouts", real)
     params, history = run(tmp_path / "cut")
 
-    assert [h["iteration"] for h in history] == [1, 2, 3]
-    assert [h["kl_coef"] for h in history] == [h["kl_coef"] for h in full_history]
-    assert history[-1]["kl_coef"] != cfg.kl_coef  # the adaptive controller moved and resumed
+    assert [h.round for h in history] == [1, 2, 3]
+    assert [h.stats["kl_coef"] for h in history] == [h.stats["kl_coef"] for h in full_history]
+    assert history[-1].stats["kl_coef"] != cfg.kl_coef  # the adaptive controller resumed
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(full_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # A finished run is not trained again.
@@ -219,35 +219,8 @@ def test_bad_config_is_refused(change, message):
 def test_orm_reward_without_an_orm_is_refused(tiny_policy, tiny_params, arith_examples, tmp_path):
     cfg = dataclasses.replace(SMALL, reward="orm")
     with pytest.raises(ValueError, match="needs a trained ORM"):
-        ppo.run_ppo(tiny_policy, tiny_params, arith_examples, [], cfg, OPT, EVAL, tmp_path)
-    assert not any(tmp_path.iterdir())
-
-
-class StopAtOnce:
-    """A PreemptionGuard whose SIGTERM has already arrived."""
-
-    should_stop = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def test_sigterm_saves_after_the_iteration_and_resumes(
-    tiny_policy, tiny_params, arith_examples, tmp_path, monkeypatch
-):
-    from jaxrl_reason.training.preemption import Preempted
-
-    cfg = dataclasses.replace(SMALL, checkpoint_every=100)
-    monkeypatch.setattr(ppo, "PreemptionGuard", StopAtOnce)
-    with pytest.raises(Preempted, match="saved PPO after iteration 1"):
-        ppo.run_ppo(tiny_policy, tiny_params, arith_examples, [], cfg, OPT, EVAL, tmp_path)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
-    monkeypatch.undo()
-    _, history = ppo.run_ppo(tiny_policy, tiny_params, arith_examples, [], cfg, OPT, EVAL, tmp_path)
-    assert [h["iteration"] for h in history] == [1, 2]
+        run_ppo(tiny_policy, tiny_params, arith_examples, [], cfg, OPT, tmp_path / "ppo")
+    assert not (tmp_path / "ppo").exists()
 
 
 def test_sharded_ppo_equals_single_device(
@@ -266,16 +239,50 @@ def test_sharded_ppo_equals_single_device(
     )  # one update
     mesh = make_mesh(data=4, fsdp=2)
     sharded_policy = dataclasses.replace(tiny_policy, mesh=mesh)
-    run = lambda policy, wd: ppo.run_ppo(
-        policy, tiny_params, arith_examples, [], cfg, OPT, EVAL, wd, show_progress=False
-    )
+    run = lambda policy, wd: run_ppo(policy, tiny_params, arith_examples, [], cfg, OPT, wd)
     params, history = run(tiny_policy, tmp_path / "one")
     sharded, sharded_history = run(sharded_policy, tmp_path / "mesh")
-    assert sharded_history[0]["score_mean"] == history[0]["score_mean"]
-    assert sharded_history[0]["response_tokens"] == history[0]["response_tokens"]
+    one, mesh_stats = history[0].stats, sharded_history[0].stats
+    assert mesh_stats["score_mean"] == one["score_mean"]
+    assert mesh_stats["response_tokens"] == one["response_tokens"]
     for key in ("loss", "policy_loss", "value_loss", "entropy", "grad_norm", "values_mean"):
-        assert sharded_history[0][key] == pytest.approx(history[0][key], rel=1e-3, abs=1e-7), key
+        assert mesh_stats[key] == pytest.approx(one[key], rel=1e-3, abs=1e-7), key
     # Adam's first step is about lr * sign(gradient): float noise in a near-zero gradient
     # can flip it, so a parameter may differ by up to 2 * lr.
     for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-3 + 1e-6)
+
+
+def test_rounds_after_the_first_compile_nothing(
+    tiny_policy, tiny_params, arith_examples, tmp_path, monkeypatch
+):
+    """The compiled sampler, experience and train-step programs are reused round after round.
+
+    The same 8 questions every iteration and one length bucket keep every shape fixed, so
+    any compilation after round 1 would be a program rebuilt instead of reused.
+    """
+    from jax._src import monitoring
+
+    compiles, per_round = [], {}
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    real_round = rounds._run_round
+
+    def counted_round(algo, ctx, state, r):
+        before = len(compiles)
+        out = real_round(algo, ctx, state, r)
+        per_round[r] = len(compiles) - before
+        return out
+
+    monkeypatch.setattr(rounds, "_run_round", counted_round)
+    cfg = dataclasses.replace(SMALL, num_iterations=3, length_multiple=TINY.max_seq_len)
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        run_ppo(tiny_policy, tiny_params, arith_examples[:8], [], cfg, OPT, tmp_path)
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    assert per_round[1] > 0, "round 1 compiles (or the listener hears nothing)"
+    assert per_round[2] == per_round[3] == 0, per_round

@@ -1,19 +1,20 @@
-"""RCRL: return labels, conditioned training batches, round bookkeeping, resume, a tiny run."""
+"""RCRL's step: return labels, conditioned training batches, the cumulative set, a tiny run."""
 
-import dataclasses
-import json
 from types import SimpleNamespace
 
 import jax
 import numpy as np
 import pytest
 
-from jaxrl_reason.algorithms import expert_iteration, rcrl
+from jaxrl_reason.algorithms import fine_tuning, rcrl
 from jaxrl_reason.algorithms.return_conditioning import BAD, GOOD, condition_prompt
+from jaxrl_reason.algorithms.rounds import PhaseState, run_rounds
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.prompts import PromptFormat, zero_shot
 from jaxrl_reason.evaluation.evaluate import EvalConfig
+from jaxrl_reason.sampling.rollouts import Rollouts
 from jaxrl_reason.training.optimizer import OptimizerConfig
+from tests.algorithms.conftest import phase_context
 
 EXAMPLES = [
     Example("q1", "Tom has 2 apples and gets 3. How many?", "2+3=<<2+3=5>>5\n#### 5", "5"),
@@ -69,26 +70,27 @@ def test_bad_scorer_and_config_raise():
         rcrl.score_samples(EXAMPLES, samples[:1])
     with pytest.raises(ValueError, match="num_bins must be >= 2"):
         rcrl.RCRLConfig(num_bins=1)
-    with pytest.raises(ValueError, match="samples_per_question must be > 0"):
-        rcrl.RCRLConfig(samples_per_question=0)
+    with pytest.raises(ValueError, match="RCRLConfig.num_samples must be > 0"):
+        rcrl.RCRLConfig(num_samples=0)
     with pytest.raises(ValueError, match="questions_per_round must be > 0"):
         rcrl.RCRLConfig(questions_per_round=0)
     with pytest.raises(ValueError, match="temperature"):
         rcrl.RCRLConfig(temperature=-1.0)
     with pytest.raises(ValueError, match="no training questions"):
-        rcrl.run_rcrl(None, 0, [], [], rcrl.RCRLConfig(), None, None, "/nonexistent")
+        rcrl.RCRL(rcrl.RCRLConfig()).init(phase_context(None, 0, [], "/nonexistent"))
 
 
-def _fake_sampler(log, texts_for):
-    """A `sample_rollouts` stand-in: records the prompt format and returns `texts_for`."""
-
-    def sample(policy, params, questions, k, key, per_call, prompt_format):
-        log.append(prompt_format)
-        k = getattr(k, "num_samples", k)  # a SamplingConfig, or FakePolicy's bare K
-        rows = [texts_for(len(log), ex)[:k] for ex in questions]
-        return SimpleNamespace(grouped=lambda: rows)
-
-    return sample
+def _rollouts(texts_for, k=2):
+    """Rollouts of EXAMPLES: question ex's K samples are `texts_for(ex)`."""
+    flat = [t for ex in EXAMPLES for t in texts_for(ex)[:k]]
+    return Rollouts(
+        examples=[ex for ex in EXAMPLES for _ in range(k)],
+        texts=flat,
+        prompt_ids=[[1]] * len(flat),
+        response_ids=[[2]] * len(flat),
+        policy_logprobs=[np.zeros(1, np.float32)] * len(flat),
+        num_samples=k,
+    )
 
 
 def test_training_batches_put_return_token_in_the_prompt(
@@ -100,15 +102,11 @@ def test_training_batches_put_return_token_in_the_prompt(
         fed.extend(next(factory()) for _ in range(num_steps))
         return SimpleNamespace(params=params)
 
-    # RCRL fine-tunes through EI's round fine-tuner.
-    monkeypatch.setattr(expert_iteration, "train_sft", fake_train_sft)
-    monkeypatch.setattr(
-        rcrl, "sample_rollouts", _fake_sampler([], lambda r, ex: ["#### 5", "#### 7"])
-    )
-    cfg = rcrl.RCRLConfig(num_rounds=1, samples_per_question=2, batch_size=8, max_len=128)
-    rcrl.run_rcrl(
-        tiny_policy, 0, EXAMPLES, [], cfg, OptimizerConfig(), EvalConfig(), tmp_path, False
-    )
+    monkeypatch.setattr(fine_tuning, "train_sft", fake_train_sft)
+    cfg = rcrl.RCRLConfig(num_rounds=1, num_samples=2, batch_size=8, max_len=128)
+    algo = rcrl.RCRL(cfg)
+    ctx = phase_context(tiny_policy, 0, EXAMPLES, tmp_path)
+    algo.improve(ctx, PhaseState(*algo.init(ctx)), _rollouts(lambda ex: ["#### 5", "#### 7"]), 1)
     # q1: reference + "#### 5" [GOOD], "#### 7" [BAD]; q2: reference, "#### 5" and "#### 7"
     # both [BAD]: six examples, one batch of 6 per epoch, two epochs.
     expected = {
@@ -137,125 +135,67 @@ def test_training_batches_put_return_token_in_the_prompt(
     assert seen == expected
 
 
-@dataclasses.dataclass
-class FakePolicy:
-    """Records how it is evaluated; params are numbers that "training" increments."""
-
-    prompt_format: PromptFormat = dataclasses.field(default_factory=zero_shot)
-    evaluated_with: list = dataclasses.field(default_factory=list)
-    mesh: None = None
-
-    def sampling_config(self, num_samples, temperature, max_new_tokens):
-        return num_samples
-
-    def evaluate(self, params, examples, cfg):
-        self.evaluated_with.append((self.prompt_format.template, cfg.num_samples))
-        return {"summary": {"maj@1": float(params), "maj@1_ci": (0.0, 1.0)}}
-
-
-def _round_texts(r, ex):
+def _round_texts(r):
     """Round r: a right answer for q1 worded per round, and one wrong answer."""
-    right = ex.answer if ex.id == "q1" else "0"
-    return [f"round {r} #### {right}", "#### 999"]
+    return lambda ex: [f"round {r} #### {ex.answer if ex.id == 'q1' else '0'}", "#### 999"]
 
 
 @pytest.mark.parametrize("retrain_from_initial", [True, False])
-def test_rounds_bookkeeping(tmp_path, monkeypatch, retrain_from_initial):
-    starts, datasets, formats = [], [], []
+def test_improve_labels_accumulates_and_fine_tunes(
+    tmp_path, monkeypatch, tiny_policy, retrain_from_initial
+):
+    starts = []
 
-    def fake_train(policy, start, dataset, by_id, cfg, opt, rcrl_dir, r, show):
-        starts.append(start)
-        datasets.append({q: list(p) for q, p in dataset.items()})
-        return start + 1
+    def fake_train_sft(model_config, params, factory, opt, workdir, num_steps, seed, **kw):
+        starts.append(params)
+        return SimpleNamespace(params=params + 1)
 
-    monkeypatch.setattr(rcrl, "_train_round", fake_train)
-    monkeypatch.setattr(rcrl, "sample_rollouts", _fake_sampler(formats, _round_texts))
-    policy = FakePolicy()
+    monkeypatch.setattr(fine_tuning, "train_sft", fake_train_sft)
     cfg = rcrl.RCRLConfig(
         num_rounds=3,
-        samples_per_question=2,
+        num_samples=2,
         retrain_from_initial=retrain_from_initial,
         include_references=False,
     )
-    eval_cfg = EvalConfig(num_samples=4)
-    params, history = rcrl.run_rcrl(
-        policy, 0, EXAMPLES, EXAMPLES[:1], cfg, OptimizerConfig(), eval_cfg, tmp_path, False
-    )
+    algo = rcrl.RCRL(cfg)
+    ctx = phase_context(tiny_policy, 0, EXAMPLES, tmp_path)
+    state, sizes, history = PhaseState(*algo.init(ctx)), [], []
+    for r in (1, 2, 3):
+        arrays, host, stats = algo.improve(ctx, state, _rollouts(_round_texts(r)), r)
+        state = PhaseState(arrays, host, r)
+        sizes.append(stats["dataset_size"])
+        history.append(stats)
     assert starts == ([0, 0, 0] if retrain_from_initial else [0, 1, 2])
-    # Round 1 samples with plain prompts; later rounds conditioned on [GOOD].
-    assert [f.template for f in formats] == ["Q: {question}\nA: "] + [
-        "Q: {question}\nA: [GOOD] "
-    ] * 2
-    # Evaluation: conditioned on [GOOD], greedy-only until the last round.
-    best = "Q: {question}\nA: [GOOD] "
-    assert policy.evaluated_with == [(best, 0), (best, 0), (best, 4)]
-    assert [h["eval"]["maj@1"] for h in history] == [s + 1 for s in starts]
     # Per round: q1 gets a new [GOOD] and q2 a new [BAD]; "#### 999" is [BAD] once each.
-    assert [sum(map(len, d.values())) for d in datasets] == [4, 6, 8]
-    assert datasets[-1]["q1"][:2] == [(GOOD, "round 1 #### 5"), (BAD, "#### 999")]
-    assert [h["samples_drawn"] for h in history] == [4, 8, 12]
+    assert sizes == [4, 6, 8]
+    assert state.host["dataset"]["q1"][:2] == [(GOOD, "round 1 #### 5"), (BAD, "#### 999")]
     assert [h["good_fraction"] for h in history] == [0.25] * 3
     assert history[0]["token_counts"] == {BAD: 3, GOOD: 1}
     assert [h["sampled_with"] for h in history] == [None, GOOD, GOOD]
-    state = json.loads((tmp_path / "rcrl" / "state.json").read_text())
-    assert state["rounds_done"] == 3 and state["history"] == history
-    evals = [json.loads((tmp_path / "rcrl" / f"eval_round_{r}.json").read_text()) for r in (1, 3)]
-    assert evals[1]["summary"]["maj@1"] == params
 
 
-def test_evaluation_conditions_on_best_token(tmp_path, monkeypatch):
-    monkeypatch.setattr(rcrl, "_train_round", lambda *a: 1)
-    monkeypatch.setattr(rcrl, "sample_rollouts", _fake_sampler([], _round_texts))
-    log = []
-    policy = FakePolicy(evaluated_with=log)
-    cfg = rcrl.RCRLConfig(num_rounds=2, samples_per_question=1, num_bins=3)
-    rcrl.run_rcrl(
-        policy, 0, EXAMPLES, EXAMPLES, cfg, OptimizerConfig(), EvalConfig(8), tmp_path, False
-    )
+def test_sampling_and_evaluation_condition_on_the_best_token(tmp_path, tiny_policy):
+    algo = rcrl.RCRL(rcrl.RCRLConfig(num_rounds=2, num_bins=3))
+    ctx = phase_context(tiny_policy, 0, EXAMPLES, tmp_path)
+    state = PhaseState(*algo.init(ctx))
     best = "Q: {question}\nA: [SCORE_2] "
-    assert log == [(best, 0), (best, 8)]  # maj@1 after round 1, the full eval on the last
-    assert rcrl.rcrl_policy(policy, 3).prompt_format.template == best
-    assert policy.prompt_format == zero_shot(), "the base policy is left as it was"
-
-
-def test_resume_skips_finished_rounds(tmp_path, monkeypatch):
-    calls, formats = [], []
-
-    def fake_train(policy, start, dataset, by_id, cfg, opt, rcrl_dir, r, show):
-        calls.append((r, sum(map(len, dataset.values()))))
-        return r * 10
-
-    monkeypatch.setattr(rcrl, "_train_round", fake_train)
-    monkeypatch.setattr(rcrl, "sample_rollouts", _fake_sampler(formats, _round_texts))
-    args = (0, EXAMPLES, [])
-    cfg1 = rcrl.RCRLConfig(num_rounds=1, samples_per_question=1)
-    rcrl.run_rcrl(FakePolicy(), *args, cfg1, OptimizerConfig(), EvalConfig(), tmp_path, False)
-    cfg2 = rcrl.RCRLConfig(num_rounds=2, samples_per_question=1)
-    params, history = rcrl.run_rcrl(
-        FakePolicy(), *args, cfg2, OptimizerConfig(), EvalConfig(), tmp_path, False
-    )
-    # Round 1: two references + two samples. Resumed: round 1 restored from its saved
-    # dataset (not re-sampled); round 2 adds its two newly worded samples.
-    assert calls == [(1, 4), (1, 4), (2, 6)]
-    assert len(formats) == 2 and formats[1].template.endswith("[GOOD] ")
-    assert [h["round"] for h in history] == [1, 2] and params == 20
-    with pytest.raises(ValueError, match="num_bins=2 but RCRLConfig.num_bins=3"):
-        rcrl.run_rcrl(
-            FakePolicy(),
-            *args,
-            dataclasses.replace(cfg2, num_rounds=3, num_bins=3),
-            OptimizerConfig(),
-            EvalConfig(),
-            tmp_path,
-            False,
-        )
+    # Round 1 samples with plain prompts (the start policy never saw a token), later
+    # rounds conditioned on the best one, as evaluation is.
+    assert algo.plan(ctx, state, 1).prompt_format is None
+    assert algo.plan(ctx, state, 2).prompt_format.template == best
+    evaluated = algo.eval_policy(tiny_policy)
+    assert evaluated.prompt_format.template == best
+    assert evaluated.text_sampler is tiny_policy.text_sampler, "compiled programs are shared"
+    assert tiny_policy.prompt_format == zero_shot(), "the base policy is left as it was"
+    assert algo.tokenizer_symbols == ("[SCORE_0]", "[SCORE_1]", "[SCORE_2]")
+    assert algo.fingerprint() == {"num_bins": 3}  # a resume under other bins is refused
 
 
 def test_tiny_run_completes_and_resumes(tmp_path, tiny_policy, tiny_params, arith_examples):
     train, held_out = arith_examples[:4], arith_examples[4:6]
     cfg = rcrl.RCRLConfig(
         num_rounds=1,
-        samples_per_question=2,
+        num_samples=2,
         max_new_tokens=8,
         epochs_per_round=1.0,
         batch_size=4,
@@ -263,21 +203,29 @@ def test_tiny_run_completes_and_resumes(tmp_path, tiny_policy, tiny_params, arit
         length_multiple=32,
     )
     eval_cfg = EvalConfig(num_samples=2, max_new_tokens=8)
-    opt = OptimizerConfig(learning_rate=1e-3, warmup_steps=0)
-    args = (tiny_policy, tiny_params, train, held_out, cfg, opt, eval_cfg, tmp_path, False)
-    params, history = rcrl.run_rcrl(*args)
-    state = json.loads((tmp_path / "rcrl" / "state.json").read_text())
-    assert state["rounds_done"] == 1 and state["history"] == history
-    entry = history[0]
-    assert entry["samples_drawn"] == 8 and entry["dataset_size"] >= 4  # references at least
-    assert {"maj@1", "pass@2"} <= entry["eval"].keys()
-    metrics = tmp_path / "rcrl" / "round_1" / "metrics.jsonl"
+    ctx = phase_context(
+        tiny_policy,
+        tiny_params,
+        train,
+        tmp_path,
+        held_out,
+        eval_cfg,
+        optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=0),
+    )
+    result = run_rounds(rcrl.RCRL(cfg), ctx)
+    entry = result.state.history[0]
+    assert entry.samples_drawn == 8 and entry.stats["dataset_size"] >= 4  # references at least
+    assert {"maj@1", "pass@2"} <= entry.eval.keys()
+    metrics = tmp_path / "round_1" / "metrics.jsonl"
     trained = metrics.read_text()
-    again, history2 = rcrl.run_rcrl(*args)
-    assert history2 == history and metrics.read_text() == trained, "no retraining"
-    for a, b in zip(_leaves(params), _leaves(again)):
+    again = run_rounds(rcrl.RCRL(cfg), ctx)
+    assert again.state.history == result.state.history
+    assert metrics.read_text() == trained, "no retraining"
+    for a, b in zip(_leaves(result.params), _leaves(again.params)):
         np.testing.assert_array_equal(a, b)
-    assert not all(np.array_equal(a, b) for a, b in zip(_leaves(params), _leaves(tiny_params)))
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(_leaves(result.params), _leaves(tiny_params))
+    )
 
 
 def _leaves(tree):

@@ -1,16 +1,12 @@
-"""RCRL return tokens: binning at the edges, prompt placement, and the loss mask."""
+"""RCRL return tokens: binning at the edges, and their place in the prompt."""
 
-import numpy as np
 import pytest
 
 from jaxrl_reason.algorithms.return_conditioning import (
     BAD,
     GOOD,
     best_return_token,
-    build_rcrl_examples,
     condition_prompt,
-    conditioned_sequence,
-    inference_prompt,
     return_bin,
     return_token_for,
     return_tokens,
@@ -46,27 +42,12 @@ def test_bad_inputs_raise():
         return_token_for(float("nan"))
     with pytest.raises(ValueError, match="whitespace"):
         condition_prompt("A: ", "[GO OD]")
-    with pytest.raises(ValueError, match="same length"):
-        build_rcrl_examples(["a"], ["b", "c"], [1.0])
 
 
 def test_condition_prompt_places_token_at_answer_start():
     prompt = "Q: What is 2+3?\nA: "
     assert condition_prompt(prompt, GOOD) == "Q: What is 2+3?\nA: [GOOD] "
-    assert inference_prompt(prompt, 3) == "Q: What is 2+3?\nA: [SCORE_2] "
-    examples = build_rcrl_examples([prompt, prompt], ["2+3=5 #### 5", "#### 6"], [1.0, 0.0])
-    assert examples[0].prompt == "Q: What is 2+3?\nA: [GOOD] "
-    assert examples[0].completion == "2+3=5 #### 5" and examples[0].return_token == GOOD
-    assert examples[1].prompt.endswith("A: [BAD] ") and examples[1].return_token == BAD
-
-
-def test_loss_mask_excludes_prompt_and_return_token():
-    prompt_ids, good_id, response_ids = [11, 12, 13, 14], 3, [21, 22, 23]
-    tokens, loss_mask = conditioned_sequence(prompt_ids, good_id, response_ids)
-    np.testing.assert_array_equal(tokens, [11, 12, 13, 14, 3, 21, 22, 23])
-    np.testing.assert_array_equal(loss_mask, [0, 0, 0, 0, 0, 1, 1, 1])
-    assert loss_mask[tokens == good_id].sum() == 0
-    assert tokens.dtype == np.int32 and loss_mask.dtype == np.int32
+    assert condition_prompt(prompt, best_return_token(3)) == "Q: What is 2+3?\nA: [SCORE_2] "
 
 
 @pytest.mark.parametrize("num_bins", [2, 3])

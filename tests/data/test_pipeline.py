@@ -8,8 +8,6 @@ from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.pipeline import (
     SupervisedBatches,
     bucket_length,
-    encode_prompts,
-    prompt_batch,
     tokenize_examples,
 )
 from jaxrl_reason.data.prompts import zero_shot
@@ -105,15 +103,3 @@ def test_length_multiple(arith_tokenizer):
 )
 def test_bucket_length(n, multiple, pow2, expected):
     assert bucket_length(n, multiple, pow2) == expected
-
-
-def test_prompt_batch_is_left_padded(arith_tokenizer):
-    tok = arith_tokenizer
-    prompts = encode_prompts([e.question for e in EXAMPLES[:5]], tok, zero_shot())
-    tokens, mask = prompt_batch(prompts, tok.pad_id, multiple=32)
-    assert tokens.shape == mask.shape and tokens.shape[1] % 32 == 0
-    for row, p in enumerate(prompts):
-        assert list(tokens[row, -len(p) :]) == p and mask[row, -len(p) :].all()
-        assert not mask[row, : -len(p)].any() and (tokens[row, : -len(p)] == tok.pad_id).all()
-    with pytest.raises(ValueError, match="prompt 0"):
-        prompt_batch([[1] * 50], tok.pad_id, max_len=40)

@@ -4,7 +4,7 @@ import gin
 import pytest
 
 from jaxrl_reason.data.arith import generate_arith
-from jaxrl_reason.data.prompts import few_shot, prompt_format, truncate_at_stop, zero_shot
+from jaxrl_reason.data.prompts import few_shot, prompt_format, zero_shot
 
 
 def test_zero_shot():
@@ -20,18 +20,6 @@ def test_few_shot_is_deterministic_and_stops_before_next_question():
     assert prompt.count("####") == 3
     with pytest.raises(ValueError):
         few_shot(train[:2], num_shots=3)
-
-
-@pytest.mark.parametrize(
-    "text, expected, found",
-    [
-        ("x = 2\n#### 2\nQ: next", "x = 2\n#### 2", True),
-        ("a\n\n\nb\nQ: c", "a", True),
-        ("#### 4", "#### 4", False),
-    ],
-)
-def test_truncate_at_stop(text, expected, found):
-    assert truncate_at_stop(text) == (expected, found)
 
 
 def test_gin_selects_format():

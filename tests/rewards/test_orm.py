@@ -15,7 +15,6 @@ from jaxrl_reason.rewards.orm import (
     orm_loss,
     orm_loss_fn,
     orm_token_labels,
-    score_samples,
     step_scores,
 )
 
@@ -142,15 +141,13 @@ def test_orm_learns_separable_toy_labelling():
         params, opt_state, metrics = step(params, opt_state, batch)
 
     test = _toy_batch(np.random.default_rng(123), 256)
-    scores = np.asarray(
-        score_samples(
-            model,
-            params,
-            test["tokens"],
-            test["input_mask"],
-            test["positions"],
-            test["response_mask"],
-        )
+    out = model.apply(
+        {"params": params},
+        test["tokens"],
+        test["positions"],
+        test["input_mask"],
+        return_logits=False,
     )
+    scores = np.asarray(final_scores(out.heads["reward"], test["response_mask"]))
     accuracy = np.mean((scores > 0.5) == test["correct"])
     assert accuracy > 0.95, (accuracy, metrics)

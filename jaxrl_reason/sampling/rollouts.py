@@ -1,0 +1,94 @@
+"""Rollouts: K sampled solutions per question, as text and as the exact token ids drawn.
+
+Every consumer of samples goes through `sample_rollouts`: the RL algorithms (EI keeps the
+texts, PPO the ids and log-probs, the ORM both) and evaluation (the greedy decode and the K
+samples behind maj@K, pass@K and rerank@K). Samples are cut at the prompt format's stop
+sequences, with EOS kept when it was sampled; each kept token has its raw-policy log-prob,
+so log-probs and scores refer to the tokens the policy chose, never to a re-tokenisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxrl_reason.data.example import Example
+from jaxrl_reason.data.prompts import PromptFormat
+from jaxrl_reason.sampling.config import SamplingConfig
+from jaxrl_reason.sampling.text import TextSampler
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollouts:
+    """N = B * K sampled solutions, row n = sample n % K of question n // K."""
+
+    examples: list[Example]  # [N] the question of each row
+    texts: list[str]  # [N] completions, cut at the first stop sequence
+    prompt_ids: list[list[int]]  # [N] prompt ids (BOS included)
+    response_ids: list[list[int]]  # [N] kept sampled ids (EOS included when sampled)
+    policy_logprobs: list[np.ndarray]  # [N] raw-policy log-prob of each response id
+    num_samples: int  # K
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def grouped(self) -> list[list[str]]:
+        """The texts as [B][K]."""
+        k = self.num_samples
+        return [self.texts[i : i + k] for i in range(0, len(self.texts), k)]
+
+    def questions(self) -> list[Example]:
+        """The B questions, in order."""
+        return self.examples[:: self.num_samples]
+
+    def num_tokens(self) -> int:
+        """Response tokens sampled, over all rows."""
+        return sum(map(len, self.response_ids))
+
+
+def sample_rollouts(
+    text_sampler: TextSampler,
+    prompt_format: PromptFormat,
+    params: Any,
+    examples: Sequence[Example],
+    cfg: SamplingConfig,
+    rng: jax.Array,
+    prompts_per_call: int = 64,
+) -> Rollouts:
+    """K = `cfg.num_samples` solutions per question, `prompts_per_call` prompts per call.
+
+    Call n of the sampler uses `fold_in(rng, n)`, so a run's samples depend only on the
+    key, the questions and `prompts_per_call`.
+    """
+    if not examples:
+        raise ValueError("sample_rollouts: no questions to sample")
+    prompts = [prompt_format.format(ex.question) for ex in examples]
+    k = cfg.num_samples
+    rows: dict[str, list[Any]] = {"texts": [], "prompt_ids": [], "response_ids": [], "lp": []}
+    for n, start in enumerate(range(0, len(prompts), prompts_per_call)):
+        out = text_sampler.generate(
+            params,
+            prompts[start : start + prompts_per_call],
+            cfg,
+            jax.random.fold_in(rng, n),
+            stop_sequences=tuple(prompt_format.stop_sequences),
+        )
+        for b, ids in enumerate(out.prompt_ids):
+            for j in range(k):
+                m = int(out.num_tokens[b, j])
+                rows["texts"].append(out.texts[b][j])
+                rows["prompt_ids"].append(list(ids))
+                rows["response_ids"].append(out.tokens[b, j, :m].tolist())
+                rows["lp"].append(np.asarray(out.policy_logprobs[b, j, :m], np.float32))
+    return Rollouts(
+        examples=[ex for ex in examples for _ in range(k)],
+        texts=rows["texts"],
+        prompt_ids=rows["prompt_ids"],
+        response_ids=rows["response_ids"],
+        policy_logprobs=rows["lp"],
+        num_samples=k,
+    )
