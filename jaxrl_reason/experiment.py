@@ -126,6 +126,11 @@ def train_experiment(
     rl = [build_algorithm(n, configs) for n in algorithms if n != "sft"]  # refuses bad names
     if any(a.needs_orm for a in rl) and not any(a.makes_scorer for a in rl):
         rl.insert(0, build_algorithm(ORM_PHASE, configs))
+    phases = [a.phase for a in rl]
+    if twice := sorted({p for p in phases if phases.count(p) > 1}):
+        raise ValueError(
+            f"algorithms {list(algorithms)} run phase(s) {twice} twice; list each once"
+        )
     sft = (configs.get("sft") or SFTConfig()) if "sft" in algorithms else None
     task, model = task or TaskConfig(), model or ModelSetup()
     optimizer, evaluation = optimizer or OptimizerConfig(), evaluation or EvalConfig()
@@ -212,11 +217,9 @@ def _mesh_or_none() -> Any:
 
 def _load_pretrained(path: str, mesh: Any) -> tuple[ModelConfig, Any]:
     """An `import-hf` checkpoint, each tensor placed straight onto its sharding."""
-    from jaxrl_reason.model.hf_interop import load_checkpoint, model_config_from_json
+    from jaxrl_reason.model.hf_interop import load_checkpoint
 
-    config = model_config_from_json((Path(path) / "model_config.json").read_text())
-    target = abstract_params(config, mesh=mesh)
-    return load_checkpoint(path, jax.tree.map(lambda x: x.sharding, target))
+    return load_checkpoint(path, mesh)
 
 
 # ----------------------------------------------------------------------------- run.json

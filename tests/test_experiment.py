@@ -34,6 +34,7 @@ def test_dtype_and_remat_override_the_model(tmp_path):
     [
         ({"algorithms": ("sft", "dpo")}, "'dpo'"),
         ({"algorithms": ("sft", "ppo:heuristic")}, "'ppo:heuristic'"),
+        ({"algorithms": ("ppo", "ppo:sparse")}, r"\['ppo_sparse'\] twice"),
     ],
 )
 def test_unknown_algorithms_are_refused_before_anything_is_written(tmp_path, kwargs, message):

@@ -118,7 +118,8 @@ class RoundPlan:
 
 
 class Improved(NamedTuple):
-    """What `Algorithm.improve` returns: the new arrays and host state, and statistics."""
+    """What `Algorithm.improve` returns: the new arrays and host state, and statistics
+    (JSON values; not named step, phase, time or samples_drawn)."""
 
     arrays: Any
     host: dict[str, Any]
@@ -255,6 +256,8 @@ def _run_round(
         plan.prompts_per_call,
     )
     arrays, host, stats = algo.improve(ctx, state, rollouts, r)
+    if clash := sorted(_RESERVED & set(stats)):
+        raise ValueError(f"{algo.phase}: statistics may not be named {clash} (metrics use them)")
     result = None
     eval_cfg = algo.eval_config(r, ctx.eval_config)
     if ctx.eval_examples and eval_cfg is not None:
@@ -265,6 +268,9 @@ def _run_round(
     record = RoundRecord(r, drawn, stats, flat_summary(result) if result else {})
     new = PhaseState(arrays, host, r, drawn, (*state.history, record))
     return new, result, rollouts.num_tokens()
+
+
+_RESERVED = {"step", "phase", "time", "samples_drawn"}  # keys of every metrics record
 
 
 def _log_round(algo: Algorithm, writer: MetricWriter, record: RoundRecord) -> None:

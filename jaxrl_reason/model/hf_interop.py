@@ -33,7 +33,6 @@ import safetensors.numpy
 from jax.experimental import multihost_utils
 
 from jaxrl_reason.model.config import _DTYPES, ModelConfig, RopeScaling
-from jaxrl_reason.model.transformer import init_params
 
 PathLike = str | os.PathLike
 _INDEX_FILE = "model.safetensors.index.json"
@@ -412,25 +411,23 @@ def save_hf_llama(
 
 
 def import_hf_to_checkpoint(src: PathLike, dst: PathLike, dtype: str | None = None) -> None:
-    """`jaxrl-reason import-hf SRC DST`: HF Llama dir -> orbax `DST/params` + model_config.json."""
-    import orbax.checkpoint as ocp
+    """`jaxrl-reason import-hf SRC DST`: HF Llama dir -> `DST/params` (the params as
+    `training.checkpointing.save_params` writes them) + `DST/model_config.json`."""
+    from jaxrl_reason.training.checkpointing import save_params
 
     dst = pathlib.Path(dst).absolute()
     if dst.exists():
         raise FileExistsError(f"{dst} exists; choose a new destination for the checkpoint")
     config, params = load_hf_llama(src, dtype)
-    with _atomic_dir(dst) as tmp, ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(tmp / "params", params)
-        checkpointer.wait_until_finished()
+    with _atomic_dir(dst) as tmp:
+        save_params(tmp / "params", params, {"imported_from": str(src)})
         (tmp / "model_config.json").write_text(model_config_to_json(config))
 
 
-def load_checkpoint(src: PathLike, shardings: Any = None) -> tuple[ModelConfig, dict[str, Any]]:
-    """(config, params) of an `import_hf_to_checkpoint` directory, onto `shardings`.
-
-    `shardings` is a pytree of `Sharding`s matching the params (default: one device).
-    """
-    import orbax.checkpoint as ocp
+def load_checkpoint(src: PathLike, mesh: Any = None) -> tuple[ModelConfig, dict[str, Any]]:
+    """(config, params) of an `import_hf_to_checkpoint` directory, placed on `mesh` by the
+    logical-axis rules (default: one device)."""
+    from jaxrl_reason.training.checkpointing import abstract_params, load_params
 
     src = pathlib.Path(src).absolute()
     if not (src / "model_config.json").is_file():
@@ -438,17 +435,14 @@ def load_checkpoint(src: PathLike, shardings: Any = None) -> tuple[ModelConfig, 
             f"{src / 'model_config.json'} not found: {src} is not a "
             "checkpoint written by `jaxrl-reason import-hf`"
         )
-    config = model_config_from_json((src / "model_config.json").read_text())
-    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    if shardings is None:
-        shardings = jax.tree.map(
-            lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), shapes
+    if (src / "params" / "_METADATA").exists():  # one bare orbax tree: before save_params
+        raise ValueError(
+            f"{src} was imported by an older jaxrl_reason; run `jaxrl-reason import-hf` "
+            "again into a new directory"
         )
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
-    )
-    with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore(src / "params", abstract)
+    config = model_config_from_json((src / "model_config.json").read_text())
+    target = abstract_params(config, mesh=mesh)
+    params, _ = load_params(src / "params", target, what="imported params")
     return config, params
 
 

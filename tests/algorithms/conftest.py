@@ -70,3 +70,21 @@ def phase_context(policy, params, train, workdir, eval_examples=(), eval_config=
         show_progress=False,
         **kw,
     )
+
+
+def rollouts_of(examples, texts):
+    """Rollouts of `examples` with `texts[b]` as question b's K samples (dummy token ids)."""
+    import numpy as np
+
+    from jaxrl_reason.sampling.rollouts import Rollouts
+
+    k = len(texts[0])
+    flat = [t for row in texts for t in row]
+    return Rollouts(
+        examples=[ex for ex in examples for _ in range(k)],
+        texts=flat,
+        prompt_ids=[[1]] * len(flat),
+        response_ids=[[2]] * len(flat),
+        policy_logprobs=[np.zeros(1, np.float32)] * len(flat),
+        num_samples=k,
+    )

@@ -10,8 +10,7 @@ from jaxrl_reason.algorithms import fine_tuning
 from jaxrl_reason.algorithms.rounds import PhaseState
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.evaluation.evaluate import EvalConfig
-from jaxrl_reason.sampling.rollouts import Rollouts
-from tests.algorithms.conftest import phase_context
+from tests.algorithms.conftest import phase_context, rollouts_of
 
 EXAMPLES = [
     Example("q1", "Tom has 2 apples and gets 3. How many?", "2+3=<<2+3=5>>5\n#### 5", "5"),
@@ -51,17 +50,7 @@ def test_as_examples_pairs_each_solution_with_its_question():
 
 
 def _rollouts(texts):
-    """Rollouts of EXAMPLES with `texts[q]` as question q's K samples."""
-    k = len(texts[0])
-    flat = [t for row in texts for t in row]
-    return Rollouts(
-        examples=[ex for ex in EXAMPLES for _ in range(k)],
-        texts=flat,
-        prompt_ids=[[1]] * len(flat),
-        response_ids=[[2]] * len(flat),
-        policy_logprobs=[np.zeros(1, np.float32)] * len(flat),
-        num_samples=k,
-    )
+    return rollouts_of(EXAMPLES, texts)
 
 
 @pytest.mark.parametrize("retrain_from_initial", [True, False])
@@ -112,3 +101,58 @@ def test_evaluation_is_greedy_until_the_last_round(full_every_round):
     algo = ei.ExpertIteration(cfg)
     k = [algo.eval_config(r, EvalConfig(num_samples=8)).num_samples for r in (1, 2, 3)]
     assert k == ([8, 8, 8] if full_every_round else [0, 0, 8])
+
+
+def test_a_run_killed_mid_round_resumes_bitwise(
+    tmp_path, monkeypatch, tiny_policy, tiny_params, arith_examples
+):
+    """Real sampling and fine-tuning; every other sample is made right (a random model
+    solves nothing), so each round fine-tunes. Killed while sampling round 2, the run
+    resumes from round 1's saved phase state and ends where the uninterrupted one ends."""
+    import dataclasses
+
+    import jax
+
+    from jaxrl_reason.algorithms import rounds
+
+    real = rounds.sample_rollouts
+    calls = {"n": 0, "die_at": None}
+
+    def half_right(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["die_at"]:
+            raise KeyboardInterrupt("killed")
+        out = real(*args, **kwargs)
+        texts = [
+            ex.solution if i % 2 else t for i, (t, ex) in enumerate(zip(out.texts, out.examples))
+        ]
+        return dataclasses.replace(out, texts=texts)
+
+    monkeypatch.setattr(rounds, "sample_rollouts", half_right)
+    cfg = ei.ExpertIterationConfig(
+        num_rounds=2,
+        num_samples=2,
+        max_new_tokens=8,
+        questions_per_round=4,
+        epochs_per_round=1.0,
+        batch_size=4,
+        max_len=256,
+        length_multiple=32,
+        retrain_from_initial=False,
+    )
+    run = lambda wd: rounds.run_rounds(
+        ei.ExpertIteration(cfg), phase_context(tiny_policy, tiny_params, arith_examples[:8], wd)
+    )
+    full = run(tmp_path / "full")
+    calls.update(n=0, die_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut")
+    calls.update(n=0, die_at=None)
+    resumed = run(tmp_path / "cut")
+    assert calls["n"] == 1, "round 1 is restored, only round 2 is sampled again"
+    assert resumed.state.host == full.state.host and resumed.state.history == full.state.history
+    assert full.state.history[-1].stats["dataset_size"] > 0
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    moved = jax.tree.leaves(full.params)[0] - jax.tree.leaves(tiny_params)[0]
+    assert np.abs(np.asarray(moved)).max() > 0, "the rounds fine-tuned"

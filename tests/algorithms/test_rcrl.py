@@ -12,9 +12,8 @@ from jaxrl_reason.algorithms.rounds import PhaseState, run_rounds
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.prompts import PromptFormat, zero_shot
 from jaxrl_reason.evaluation.evaluate import EvalConfig
-from jaxrl_reason.sampling.rollouts import Rollouts
 from jaxrl_reason.training.optimizer import OptimizerConfig
-from tests.algorithms.conftest import phase_context
+from tests.algorithms.conftest import phase_context, rollouts_of
 
 EXAMPLES = [
     Example("q1", "Tom has 2 apples and gets 3. How many?", "2+3=<<2+3=5>>5\n#### 5", "5"),
@@ -82,15 +81,7 @@ def test_bad_scorer_and_config_raise():
 
 def _rollouts(texts_for, k=2):
     """Rollouts of EXAMPLES: question ex's K samples are `texts_for(ex)`."""
-    flat = [t for ex in EXAMPLES for t in texts_for(ex)[:k]]
-    return Rollouts(
-        examples=[ex for ex in EXAMPLES for _ in range(k)],
-        texts=flat,
-        prompt_ids=[[1]] * len(flat),
-        response_ids=[[2]] * len(flat),
-        policy_logprobs=[np.zeros(1, np.float32)] * len(flat),
-        num_samples=k,
-    )
+    return rollouts_of(EXAMPLES, [texts_for(ex)[:k] for ex in EXAMPLES])
 
 
 def test_training_batches_put_return_token_in_the_prompt(

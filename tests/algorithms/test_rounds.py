@@ -211,3 +211,13 @@ def test_draw_questions():
     )
     with_replacement = round_sampling.draw_questions(qs, 25, 0, 1, in_order=False)
     assert len(with_replacement) == 25 and set(with_replacement) <= set(qs)
+
+
+def test_statistics_may_not_shadow_the_metrics_keys(tmp_path):
+    class Shadows(Counter):
+        def improve(self, ctx, state, rollouts, r):
+            arrays, host, stats = super().improve(ctx, state, rollouts, r)
+            return Improved(arrays, host, {**stats, "step": 1.0})
+
+    with pytest.raises(ValueError, match=r"may not be named \['step'\]"):
+        _run(tmp_path, Shadows())

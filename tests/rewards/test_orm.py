@@ -15,6 +15,7 @@ from jaxrl_reason.rewards.orm import (
     orm_loss,
     orm_loss_fn,
     orm_token_labels,
+    reward_logits,
     step_scores,
 )
 
@@ -141,13 +142,6 @@ def test_orm_learns_separable_toy_labelling():
         params, opt_state, metrics = step(params, opt_state, batch)
 
     test = _toy_batch(np.random.default_rng(123), 256)
-    out = model.apply(
-        {"params": params},
-        test["tokens"],
-        test["positions"],
-        test["input_mask"],
-        return_logits=False,
-    )
-    scores = np.asarray(final_scores(out.heads["reward"], test["response_mask"]))
+    scores = np.asarray(final_scores(reward_logits(model, params, test), test["response_mask"]))
     accuracy = np.mean((scores > 0.5) == test["correct"])
     assert accuracy > 0.95, (accuracy, metrics)
