@@ -309,7 +309,9 @@ def _save(algo: Algorithm, ckpt: Checkpointer, ctx: PhaseContext, state: PhaseSt
 
 
 def _restore(algo: Algorithm, ckpt: Checkpointer, fresh: PhaseState) -> PhaseState:
-    arrays, meta = ckpt.restore(fresh.arrays)
+    """The newest saved phase state, after checking (on its meta alone, so that nothing
+    is read into, or moved aside in, a directory of another phase) that it fits."""
+    meta = ckpt.meta()
     written = {"phase": meta.get("phase"), **meta.get("fingerprint", {})}
     wanted = {"phase": algo.phase, **algo.fingerprint()}
     changed = [k for k in wanted if written.get(k) != wanted[k]]
@@ -319,6 +321,7 @@ def _restore(algo: Algorithm, ckpt: Checkpointer, fresh: PhaseState) -> PhaseSta
             f"{ckpt.directory} was written with {k}={written.get(k)!r} but this run has "
             f"{k}={wanted[k]!r}; its state would not fit: use a fresh workdir"
         )
+    arrays, meta = ckpt.restore(fresh.arrays)
     log.info("%s: resumed after round %d from %s", algo.phase, meta["rounds_done"], ckpt.directory)
     return PhaseState(
         arrays,

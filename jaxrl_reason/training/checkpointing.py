@@ -95,6 +95,15 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def meta(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON meta of `step` (default: the newest), without reading any array."""
+        self.wait()
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint to read in {self.directory}")
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored.meta or {})
+
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """(state, meta) of `step` (default: the newest that restores) onto `target`'s layout.
 

@@ -180,10 +180,14 @@ def test_a_phase_written_by_other_settings_is_refused_untouched(tmp_path):
     before = json.loads((tmp_path / "state" / "1" / "meta" / "metadata").read_text())
     with pytest.raises(ValueError, match=r"kind='a' but this run has kind='b'.*fresh workdir"):
         _run(tmp_path, Counter(num_rounds=2, kind="b"))
-    other = Counter(num_rounds=2)
-    other.phase = "other"
+    class Other(Counter):  # another phase, whose arrays would not even fit
+        phase = "other"
+
+        def init(self, ctx):
+            return {"w": jnp.zeros(3, jnp.float32)}, {}
+
     with pytest.raises(ValueError, match="phase='counter' but this run has phase='other'"):
-        _run(tmp_path, other)
+        _run(tmp_path, Other(num_rounds=2))
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["1"]
     assert json.loads((tmp_path / "state" / "1" / "meta" / "metadata").read_text()) == before
 
