@@ -180,6 +180,7 @@ def test_a_phase_written_by_other_settings_is_refused_untouched(tmp_path):
     before = json.loads((tmp_path / "state" / "1" / "meta" / "metadata").read_text())
     with pytest.raises(ValueError, match=r"kind='a' but this run has kind='b'.*fresh workdir"):
         _run(tmp_path, Counter(num_rounds=2, kind="b"))
+
     class Other(Counter):  # another phase, whose arrays would not even fit
         phase = "other"
 
