@@ -42,7 +42,11 @@ from jaxrl_reason.data.prompts import PromptFormat, prompt_format
 from jaxrl_reason.data.tasks import load_task
 from jaxrl_reason.data.tokenizer import load_tokenizer, train_tokenizer_for_task
 from jaxrl_reason.evaluation.evaluate import EvalConfig, flat_summary
-from jaxrl_reason.evaluation.report import markdown_table, plot_accuracy_vs_samples
+from jaxrl_reason.evaluation.report import (
+    compare_to_baseline,
+    markdown_table,
+    plot_accuracy_vs_samples,
+)
 from jaxrl_reason.model import ModelConfig, init_params, model_config
 from jaxrl_reason.parallel import make_mesh
 from jaxrl_reason.run_files import write_json
@@ -56,14 +60,44 @@ ORM_PHASE = "orm"
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
-    """Which questions: the task, where its files are, how many, and how they are asked."""
+    """Which questions: the task, where its files are, how many, and how they are asked.
+
+    The training questions split three ways. The last `num_val` of them are a validation
+    split (never trained on) for choosing settings; of the others, `num_train`, the first
+    `num_sft` come with their reference solutions for SFT, and the RL algorithms sample
+    from all `num_train` using only their final answers (the realistic setting: a few
+    solved problems, many more questions with answers). `eval_split` is what every row of
+    the results is measured on: "test" (read once per reported run) or "val" (tuning).
+    """
 
     name: str = "arith"  # "arith" (built in), "gsm8k" or "svamp"
     data_dir: str | None = None  # the task's files (not needed for arith)
     num_train: int | None = None  # None: every training question
-    num_eval: int | None = 200  # held-out questions; None: all
+    num_eval: int | None = 200  # held-out test questions; None: all
     prompt: str = "zero_shot"  # or "few_shot": `num_shots` train exemplars (pretrained start)
     num_shots: int = 4
+    num_val: int = 0  # validation questions carved from the end of the training split
+    num_sft: int | None = None  # training questions SFT learns from; None: all num_train
+    eval_split: str = "test"  # "test" or "val"
+
+    def __post_init__(self) -> None:
+        if self.eval_split not in ("test", "val"):
+            raise ValueError(
+                f"TaskConfig.eval_split must be 'test' or 'val', got {self.eval_split!r}"
+            )
+        if self.eval_split == "val" and self.num_val <= 0:
+            raise ValueError("TaskConfig.eval_split='val' needs num_val > 0 validation questions")
+        for field in ("num_train", "num_eval", "num_sft"):
+            value = getattr(self, field)
+            if value is not None and value <= 0:
+                raise ValueError(f"TaskConfig.{field} must be > 0 or None (all), got {value}")
+        if self.num_val < 0:
+            raise ValueError(f"TaskConfig.num_val must be >= 0, got {self.num_val}")
+        if None not in (self.num_sft, self.num_train) and self.num_sft > self.num_train:
+            raise ValueError(
+                f"TaskConfig.num_sft ({self.num_sft}) must be <= num_train ({self.num_train}): "
+                "SFT's questions are the first num_sft training questions"
+            )
 
 
 @gin.configurable
@@ -79,16 +113,46 @@ class ModelSetup:
     remat: bool | None = None
 
 
-def load_examples(task: TaskConfig, seed: int) -> tuple[list, list]:
-    """(train, held-out test) examples of `task`."""
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+    """A task's questions as an experiment uses them (see `TaskConfig`)."""
+
+    train: list  # RL's questions (answers only); SFT's are the first of them
+    sft: list  # with reference solutions
+    val: list
+    test: list
+    eval_split: str = "test"
+
+    @property
+    def eval(self) -> list:
+        """The split every row of the results is measured on."""
+        return self.test if self.eval_split == "test" else self.val
+
+
+def load_task_data(task: TaskConfig, seed: int) -> TaskData:
+    """The train / SFT / validation / test questions of `task` (disjoint except SFT ⊂ train)."""
     kwargs = _task_kwargs(task.name, task.data_dir, seed)
     if task.name == "arith":
-        train = load_task("arith", "train", num_examples=task.num_train, **kwargs)
+        n = None if task.num_train is None else task.num_train + task.num_val
+        pool = load_task("arith", "train", num_examples=n, **kwargs)
         test = load_task("arith", "test", num_examples=task.num_eval, **kwargs)
     else:
-        train = load_task(task.name, "train", **kwargs)[: task.num_train]
+        pool = load_task(task.name, "train", **kwargs)
         test = load_task(task.name, "test", **kwargs)[: task.num_eval]
-    return train, test
+    if task.num_val >= len(pool):
+        raise ValueError(
+            f"TaskConfig.num_val={task.num_val} leaves no training questions of {len(pool)}"
+        )
+    cut = len(pool) - task.num_val
+    train, val = pool[:cut][: task.num_train], pool[cut:]
+    return TaskData(train, train[: task.num_sft], val, test, task.eval_split)
+
+
+def load_examples(task: TaskConfig, seed: int) -> tuple[list, list]:
+    """(train, evaluation) examples of `task`: RL's training questions and the split that
+    `task.eval_split` names."""
+    data = load_task_data(task, seed)
+    return data.train, data.eval
 
 
 def _task_kwargs(task: str, data_dir: str | None, seed: int) -> dict[str, Any]:
@@ -137,7 +201,8 @@ def train_experiment(
     workdir = Path(workdir)
     _check_layout(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    train, test = load_examples(task, seed)
+    data = load_task_data(task, seed)
+    train, test = data.train, data.eval
     symbols = tuple(dict.fromkeys(s for a in rl for s in a.tokenizer_symbols))
     policy, params = _policy_and_params(workdir, task, model, train, symbols, seed)
     _write_run(workdir, task, policy, list(algorithms))
@@ -146,10 +211,18 @@ def train_experiment(
     if sft is not None:
         sft_dir = workdir / "sft"
         start, _ = run_sft(
-            policy, params, train, test, sft, optimizer, evaluation, sft_dir, show_progress
+            policy,
+            params,
+            data.sft,
+            data.val or test,
+            sft,
+            optimizer,
+            evaluation,
+            sft_dir,
+            show_progress,
         )
     ctx = PhaseContext(
-        policy, start, train, test, evaluation, optimizer, workdir, None, show_progress
+        policy, start, train, test, evaluation, optimizer, workdir, None, show_progress, data.sft
     )
     for algo in (a for a in rl if a.makes_scorer):
         result = run_rounds(algo, dataclasses.replace(ctx, workdir=workdir / algo.phase))
@@ -170,6 +243,7 @@ def train_experiment(
             rows,
             curves,
         )
+    rows = compare_to_baseline(rows)  # each method's paired difference to SFT
     write_results(workdir, rows, curves, evaluation.num_samples)
     return rows
 
@@ -304,7 +378,15 @@ def _finish(
         fmt = dataclasses.asdict(eval_policy.prompt_format)
         _record_phase(ctx.workdir, phase, {"policy_step": step, "prompt_format": fmt})
         write_json(path, evaluation)
-    rows.append({"method": title, **evaluation["summary"], "samples": drawn})
+    rows.append(
+        {
+            "method": title,
+            **evaluation["summary"],
+            "samples": drawn,
+            "num_questions": evaluation["num_questions"],
+            "per_question": evaluation.get("per_question"),  # None: written before it existed
+        }
+    )
     points = [(h.samples_drawn, h.eval["maj@1"]) for h in history if "maj@1" in h.eval]
     sft = curves.get("SFT", [])
     curves[title] = [*sft, *points] if history else [(0, evaluation["summary"]["maj@1"])]

@@ -101,3 +101,43 @@ def test_eval_of_an_old_layout_run_works_or_says_how_to_rerun(tmp_path):
     (tmp_path / "orm" / "orm").mkdir(parents=True)  # where layout 1 kept its ORM
     with pytest.raises(ValueError, match="older jaxrl_reason.*ORM.*new --workdir"):
         _orm_scorer(tmp_path, required=False)
+
+
+def test_task_splits_are_disjoint_and_the_validation_split_leaves_train_alone():
+    from jaxrl_reason.experiment import load_task_data
+
+    plain = load_task_data(TaskConfig(num_train=300, num_eval=20), 0)
+    data = load_task_data(
+        TaskConfig(num_train=300, num_eval=20, num_val=50, num_sft=100, eval_split="val"), 0
+    )
+    # Carving a validation split does not change the training questions (arith).
+    assert [e.id for e in data.train] == [e.id for e in plain.train]
+    assert data.sft == data.train[:100] and len(data.val) == 50 and data.eval == data.val
+    questions = [{e.question for e in split} for split in (data.train, data.val, data.test)]
+    assert sum(map(len, questions)) == len(set.union(*questions))  # pairwise disjoint
+    assert plain.eval == plain.test and plain.sft == plain.train
+
+
+def test_gsm8k_validation_split_is_the_end_of_the_training_file(shared_data_dir):
+    from jaxrl_reason.data.tasks import load_task
+    from jaxrl_reason.experiment import load_task_data
+
+    gsm8k = str(shared_data_dir / "gsm8k")
+    data = load_task_data(TaskConfig("gsm8k", gsm8k, num_eval=10, num_val=256), 0)
+    everything = load_task("gsm8k", "train", data_dir=gsm8k)
+    assert data.val == everything[-256:] and data.train == everything[:-256]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"eval_split": "val"}, "needs num_val > 0"),
+        ({"eval_split": "dev"}, "must be 'test' or 'val'"),
+        ({"num_train": 10, "num_sft": 20}, "num_sft \\(20\\) must be <= num_train \\(10\\)"),
+        ({"num_val": -1}, "num_val must be >= 0"),
+        ({"num_eval": 0}, "num_eval must be > 0 or None"),
+    ],
+)
+def test_bad_task_splits_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TaskConfig(**kwargs)

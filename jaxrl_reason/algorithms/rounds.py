@@ -99,6 +99,7 @@ class PhaseContext:
     workdir: Path  # the phase's directory
     scorer: Scorer | None = None  # the run's ORM: rerank@K, ORM rewards
     show_progress: bool = True
+    sft_examples: Sequence[Example] = ()  # SFT's (question, reference solution) pairs
 
     def round_dir(self, round_index: int) -> Path:
         """Scratch directory of a round's inner training (e.g. EI's fine-tuning)."""

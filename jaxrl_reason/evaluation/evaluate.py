@@ -1,7 +1,9 @@
 """Evaluation runs: greedy and K sampled solutions per question, graded into metrics.
 
 maj@1 is one greedy decode per question (as in the paper); maj@K, pass@K and rerank@K
-come from K samples at `temperature`. Every metric carries a bootstrap 95% interval.
+come from K samples at `temperature`. Every metric carries a bootstrap 95% interval, and
+the result keeps every question's 0/1 outcome (`per_question`), so that two methods
+evaluated on the same questions can be compared pairwise (`metrics.paired_bootstrap_ci`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import numpy as np
 
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.prompts import PromptFormat
-from jaxrl_reason.evaluation.metrics import metric_curves, summarize
+from jaxrl_reason.evaluation.metrics import (
+    answer_matches,
+    metric_curves,
+    per_question_columns,
+    roc_auc,
+    summary_of,
+)
 from jaxrl_reason.rewards.grading import extract_answer
 from jaxrl_reason.sampling import SamplingConfig
 from jaxrl_reason.sampling.rollouts import sample_rollouts
@@ -94,19 +102,39 @@ def evaluate_policy(
     scores = None
     if scorer is not None and sample_answers:
         scores = [list(map(float, s)) for s in scorer(examples, samples)]
-    summary = summarize(greedy_answers, sample_answers, references, scores)
+    columns = per_question_columns(greedy_answers, sample_answers, references, scores)
+    summary = summary_of(columns)
     k = cfg.num_samples
     # Generic column names (maj@K ...) alongside the numbered ones, for tables.
     for name in ("maj", "pass", "rerank"):
         if f"{name}@{k}" in summary:
             summary[f"{name}@K"] = summary[f"{name}@{k}"]
             summary[f"{name}@K_ci"] = summary[f"{name}@{k}_ci"]
+    per_question: dict[str, Any] = {"id": [ex.id for ex in examples]}
+    for name, values in columns.items():
+        generic = name if name == "maj@1" else name.split("@")[0] + "@K"
+        per_question[generic] = [int(v) for v in values]
+    if sample_answers:
+        per_question["num_correct"] = [
+            sum(answer_matches(a, r) for a in row) for row, r in zip(sample_answers, references)
+        ]
+        # A random one of the K samples: what reranking must beat (with majority vote).
+        summary["random@K"] = float(np.mean([c / k for c in per_question["num_correct"]]))
+    if scores is not None:
+        flat = [
+            (x, answer_matches(a, r))
+            for s_row, a_row, r in zip(scores, sample_answers, references)
+            for x, a in zip(s_row, a_row)
+        ]
+        summary["orm_auc"] = roc_auc([x for x, _ in flat], [y for _, y in flat])
     curves = metric_curves(sample_answers, references, scores) if sample_answers else {}
     return {
         "summary": summary,
         "curves": {m: {str(kk): v for kk, v in c.items()} for m, c in curves.items()},
         "k": k,
         "num_questions": len(examples),
+        # 0/1 per question (and correct samples of K), for paired comparisons of methods
+        "per_question": per_question,
         "samples_drawn": len(examples) * (k + 1),
         "mean_greedy_length_chars": float(np.mean([len(g[0]) for g in greedy])),
         "examples": [

@@ -12,6 +12,10 @@ reference answer. Answers are compared by value (`answers_equal`), so `"18"` and
   estimator from n samples with c correct.
 - rerank@k: the answer of the highest-scoring sample among the first k (ties go to the
   first such sample), e.g. scored by an ORM.
+
+Intervals resample questions (percentile bootstrap). Two methods evaluated on the same
+questions are compared by `paired_bootstrap_ci`, which resamples the questions jointly:
+the interval of a difference, far tighter than two separate intervals suggest.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ def _value(answer: str | None) -> Fraction | None:
     return parse_number(answer) if answer is not None else None
 
 
-def _matches(answer: str | None, reference: str | None) -> bool:
+def answer_matches(answer: str | None, reference: str | None) -> bool:
+    """Whether an extracted answer equals the reference by value (None never does)."""
     a, r = _value(answer), _value(reference)
     return a is not None and r is not None and a == r
 
@@ -53,7 +58,7 @@ def majority_answer(answers: Sequence[str | None], k: int) -> str | None:
 
 def maj_at_k(answers: Sequence[str | None], reference: str | None, k: int) -> bool:
     """Whether the majority vote over the first k answers is correct."""
-    return _matches(majority_answer(answers, k), reference)
+    return answer_matches(majority_answer(answers, k), reference)
 
 
 def pass_at_k_any(correct_flags: Sequence[bool], k: int) -> bool:
@@ -79,7 +84,7 @@ def rerank_at_k(
         return False
     head = np.asarray(scores[:k], dtype=np.float64)
     best = int(np.argmax(head))  # argmax returns the first maximum
-    return _matches(answers[best], reference)
+    return answer_matches(answers[best], reference)
 
 
 def _ks(num_samples: int, ks: Sequence[int] | None) -> list[int]:
@@ -129,7 +134,7 @@ def per_question_metrics(
         "maj": np.array([maj_at_k(a, r, k) for a, r in zip(sample_answers, references)]),
         "pass": np.array(
             [
-                pass_at_k_any([_matches(x, r) for x in a], k)
+                pass_at_k_any([answer_matches(x, r) for x in a], k)
                 for a, r in zip(sample_answers, references)
             ]
         ),
@@ -158,6 +163,70 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve: the probability that a random positive scores above a
+    random negative (ties count half); NaN without both classes. E.g. how well an ORM's
+    scores separate correct from wrong samples (0.5 is chance)."""
+    s, y = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    if s.shape != y.shape:
+        raise ValueError(f"roc_auc: {s.shape[0]} scores but {y.shape[0]} labels")
+    pos, neg = s[y], s[~y]
+    if not pos.size or not neg.size:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(order.size)
+    ranks[order] = np.arange(1, order.size + 1)
+    values = np.concatenate([pos, neg])
+    for v in np.unique(values):  # average ranks over ties
+        tied = values == v
+        ranks[tied] = ranks[tied].mean()
+    return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
+
+
+def paired_bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    baseline: Sequence[float] | np.ndarray,
+    num_resamples: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, tuple[float, float]]:
+    """mean(values - baseline) and its percentile bootstrap (1 - alpha) interval.
+
+    Both arrays hold one number per question, for the same questions in the same order;
+    a resample draws questions with replacement and takes both methods' values of them.
+    """
+    a, b = np.asarray(values, np.float64), np.asarray(baseline, np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(
+            f"paired_bootstrap_ci needs one value per question for both methods, got shapes "
+            f"{a.shape} and {b.shape}"
+        )
+    diff = a - b
+    return float(diff.mean()) if diff.size else float("nan"), bootstrap_ci(
+        diff, num_resamples, alpha, seed
+    )
+
+
+def per_question_columns(
+    greedy_answers: Sequence[str | None],
+    sample_answers: Sequence[Sequence[str | None]],
+    references: Sequence[str | None],
+    scores: Sequence[Sequence[float]] | None = None,
+) -> dict[str, np.ndarray]:
+    """0/1 per question for maj@1 (greedy) and, with samples, maj@K, pass@K and rerank@K,
+    keyed by their numbered names (K = the smallest number of samples of any question)."""
+    if len(greedy_answers) != len(references):
+        raise ValueError(f"{len(greedy_answers)} greedy answers but {len(references)} references")
+    columns = {
+        "maj@1": np.array([answer_matches(a, r) for a, r in zip(greedy_answers, references)], float)
+    }
+    if sample_answers:
+        k = min(len(a) for a in sample_answers)
+        per_q = per_question_metrics(sample_answers, references, k, scores)
+        columns.update({f"{name}@{k}": v for name, v in per_q.items()})
+    return columns
+
+
 def summarize(
     greedy_answers: Sequence[str | None],
     sample_answers: Sequence[Sequence[str | None]],
@@ -171,16 +240,15 @@ def summarize(
     Keys use K = the smallest number of samples of any question, e.g. `"maj@96"`, and
     each metric `m` has `m + "_ci"` holding `(low, high)`.
     """
-    if len(greedy_answers) != len(references):
-        raise ValueError(f"{len(greedy_answers)} greedy answers but {len(references)} references")
+    columns = per_question_columns(greedy_answers, sample_answers, references, scores)
+    return summary_of(columns, num_resamples, seed)
+
+
+def summary_of(
+    columns: Mapping[str, np.ndarray], num_resamples: int = 1000, seed: int = 0
+) -> dict[str, float | tuple[float, float]]:
+    """The mean of each per-question column, and its bootstrap CI under `name + "_ci"`."""
     result: dict[str, float | tuple[float, float]] = {}
-    columns: Mapping[str, np.ndarray] = {
-        "maj@1": np.array([_matches(a, r) for a, r in zip(greedy_answers, references)], float)
-    }
-    if sample_answers:
-        k = min(len(a) for a in sample_answers)
-        per_q = per_question_metrics(sample_answers, references, k, scores)
-        columns = {**columns, **{f"{name}@{k}": v for name, v in per_q.items()}}
     for name, values in columns.items():
         result[name] = float(values.mean()) if values.size else 0.0
         result[f"{name}_ci"] = bootstrap_ci(values, num_resamples=num_resamples, seed=seed)

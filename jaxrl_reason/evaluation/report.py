@@ -1,4 +1,4 @@
-"""Results tables (markdown) and the accuracy-against-samples plot."""
+"""Results tables (markdown), paired comparisons to a baseline, and the accuracy plot."""
 
 from __future__ import annotations
 
@@ -7,7 +7,38 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxrl_reason.evaluation.metrics import paired_bootstrap_ci
+
 TABLE_COLUMNS = ("maj@1", "maj@K", "rerank@K", "pass@K", "samples")
+PAIRED_METRICS = ("maj@1", "maj@K", "rerank@K", "pass@K")
+
+
+def compare_to_baseline(
+    rows: Sequence[Mapping[str, Any]], baseline: str = "SFT", num_resamples: int = 1000
+) -> list[dict[str, Any]]:
+    """`rows` with each non-baseline row's paired difference to the `baseline` row added.
+
+    A row gains `vs_<baseline>`: per metric, `{"diff", "ci"}` (percentage points as
+    fractions), from `paired_bootstrap_ci` over the questions both rows were evaluated on
+    (their `per_question` ids must be the same list). Rows without per-question results,
+    or on other questions, get none. The input rows are not modified.
+    """
+    base = next((r for r in rows if r["method"] == baseline), None)
+    out = []
+    for row in rows:
+        row = dict(row)
+        if base is not None and row is not base and row["method"] != baseline:
+            ours, theirs = row.get("per_question"), base.get("per_question")
+            if ours and theirs and ours["id"] == theirs["id"]:
+                row[f"vs_{baseline}"] = {
+                    m: dict(
+                        zip(("diff", "ci"), paired_bootstrap_ci(ours[m], theirs[m], num_resamples))
+                    )
+                    for m in PAIRED_METRICS
+                    if m in ours and m in theirs
+                }
+        out.append(row)
+    return out
 
 
 def _cell(row: Mapping[str, Any], column: str) -> str:
@@ -23,16 +54,29 @@ def _cell(row: Mapping[str, Any], column: str) -> str:
     return text
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], k: int) -> str:
-    """A paper-style table: one row per method, accuracies in percent with 95% CIs."""
+def _paired_cell(row: Mapping[str, Any], key: str, metric: str) -> str:
+    entry = row.get(key, {}).get(metric)
+    if entry is None:
+        return "-"
+    (low, high), diff = entry["ci"], entry["diff"]
+    return f"{100 * diff:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], k: int, baseline: str | None = "SFT") -> str:
+    """A paper-style table: one row per method, accuracies in percent with 95% CIs, and
+    (when `compare_to_baseline` added them) each method's paired maj@1 and pass@K
+    differences to `baseline`, in points with paired 95% CIs."""
+    key = f"vs_{baseline}"
+    paired = [m for m in ("maj@1", "pass@K") if any(m in r.get(key, {}) for r in rows)]
     header = ["method"] + [
         c.replace("K", str(k)) if c != "samples" else "samples drawn" for c in TABLE_COLUMNS
     ]
+    header += [f"Δ{m.replace('K', str(k))} vs {baseline} (paired)" for m in paired]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        lines.append(
-            "| " + " | ".join([row["method"]] + [_cell(row, c) for c in TABLE_COLUMNS]) + " |"
-        )
+        cells = [row["method"], *(_cell(row, c) for c in TABLE_COLUMNS)]
+        cells += [_paired_cell(row, key, m) for m in paired]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -11,9 +11,12 @@ from jaxrl_reason.evaluation.metrics import (
     maj_at_k,
     majority_answer,
     metric_curves,
+    paired_bootstrap_ci,
     pass_at_k_any,
     pass_at_k_unbiased,
+    per_question_columns,
     rerank_at_k,
+    roc_auc,
     summarize,
 )
 
@@ -104,3 +107,73 @@ def test_summarize():
     assert out["pass@3"] == 1.0 and out["rerank@3"] == 1.0
     low, high = out["maj@3_ci"]
     assert 0.0 <= low <= 0.5 <= high <= 1.0
+
+
+def _slow_paired_bootstrap(a, b, num_resamples, alpha, seed):
+    """The obvious loop: resample question indices, take both methods' values of them."""
+    rng = np.random.default_rng(seed)
+    n = len(a)
+    idx = rng.integers(0, n, size=(num_resamples, n))  # the same draws bootstrap_ci makes
+    means = []
+    for row in idx:
+        means.append(sum(a[i] - b[i] for i in row) / n)
+    means.sort()
+    quantile = lambda q: float(np.quantile(np.array(means), q))
+    return sum(x - y for x, y in zip(a, b)) / n, (quantile(alpha / 2), quantile(1 - alpha / 2))
+
+
+def test_paired_bootstrap_matches_a_slow_reference():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 2, 60).astype(float)
+    b = np.where(rng.random(60) < 0.8, a, 1 - a)  # mostly agree, as two checkpoints do
+    diff, ci = paired_bootstrap_ci(a, b, num_resamples=300, alpha=0.1, seed=4)
+    ref_diff, ref_ci = _slow_paired_bootstrap(list(a), list(b), 300, 0.1, 4)
+    assert diff == pytest.approx(ref_diff) and ci == pytest.approx(ref_ci)
+
+
+def test_paired_interval_is_tighter_than_the_unpaired_difference():
+    """When two methods agree on most questions, the paired interval of their difference
+    is far narrower than the gap between their separate intervals suggests."""
+    rng = np.random.default_rng(0)
+    b = rng.integers(0, 2, 500).astype(float)
+    a = b.copy()
+    flip = rng.choice(500, 40, replace=False)
+    a[flip[:30]] = 1.0  # 30 questions newly right (some already were), 10 newly wrong
+    a[flip[30:]] = 0.0
+    diff, (low, high) = paired_bootstrap_ci(a, b)
+    assert low <= diff <= high
+    a_lo, a_hi = bootstrap_ci(a)
+    b_lo, b_hi = bootstrap_ci(b)
+    assert high - low < 0.5 * ((a_hi - a_lo) + (b_hi - b_lo))
+    same, (s_lo, s_hi) = paired_bootstrap_ci(b, b)
+    assert same == s_lo == s_hi == 0.0  # a method against itself: exactly no difference
+
+
+def test_paired_bootstrap_refuses_unpaired_input():
+    with pytest.raises(ValueError, match="one value per question for both methods"):
+        paired_bootstrap_ci([1.0, 0.0, 1.0], [1.0, 0.0])
+
+
+def test_per_question_columns_mean_to_the_summary():
+    greedy = ["2", None, "7"]
+    samples = [["1", "2", "2"], ["5", "6", "6"], ["7", "7", "1"]]
+    refs = ["2", "5", "1"]
+    cols = per_question_columns(greedy, samples, refs)
+    assert {k: list(v) for k, v in cols.items()} == {
+        "maj@1": [1, 0, 0],
+        "maj@3": [1, 0, 0],
+        "pass@3": [1, 1, 1],
+    }
+    summary = summarize(greedy, samples, refs)
+    assert all(summary[k] == pytest.approx(v.mean()) for k, v in cols.items())
+
+
+def test_roc_auc_matches_pairwise_counting():
+    rng = np.random.default_rng(2)
+    scores = rng.integers(0, 5, 40).astype(float)  # many ties
+    labels = rng.random(40) < 0.4
+    pos, neg = scores[labels], scores[~labels]
+    slow = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg])
+    assert roc_auc(scores, labels) == pytest.approx(slow)
+    assert roc_auc([0.1, 0.9], [False, True]) == 1.0 and roc_auc([0.9, 0.1], [False, True]) == 0.0
+    assert math.isnan(roc_auc([0.3, 0.4], [True, True]))  # one class: undefined
