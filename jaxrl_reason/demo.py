@@ -38,6 +38,8 @@ class DemoScale:
 
     num_train: int
     num_eval: int
+    num_sft: int | None  # of the num_train questions, those SFT sees with solutions
+    num_val: int
     model: ModelConfig
     sft: SFTConfig
     ei: ExpertIterationConfig
@@ -49,15 +51,23 @@ class DemoScale:
     warmup_steps: int
 
 
-def _sample_fine_tune(**settings: Any) -> dict[str, Any]:
-    """EI's and RCRL's configs from the settings they share: the demo gives both the same."""
-    return {"ei": ExpertIterationConfig(**settings), "rcrl": RCRLConfig(**settings)}
+def _sample_fine_tune(
+    ei: dict[str, Any] | None = None, rcrl: dict[str, Any] | None = None, **shared: Any
+) -> dict[str, Any]:
+    """EI's and RCRL's configs: the same rounds, questions and samples (so the same samples
+    drawn), each with its own fine-tuning settings."""
+    return {
+        "ei": ExpertIterationConfig(**shared, **(ei or {})),
+        "rcrl": RCRLConfig(**shared, **(rcrl or {})),
+    }
 
 
 SCALES = {
     "default": DemoScale(
-        num_train=4000,
-        num_eval=200,
+        num_train=6000,
+        num_eval=500,
+        num_sft=4000,
+        num_val=500,
         model=PRESETS["demo"](),
         sft=SFTConfig(
             num_epochs=2,
@@ -67,17 +77,24 @@ SCALES = {
             evaluate_each_epoch=False,
         ),
         **_sample_fine_tune(
-            num_rounds=2,
+            num_rounds=1,
             num_samples=4,
             temperature=0.7,
             max_new_tokens=128,
-            questions_per_round=500,
-            epochs_per_round=2.0,
-            learning_rate=1e-3,
+            questions_per_round=1000,
             batch_size=32,
             max_len=192,
             retrain_from_initial=True,
             prompts_per_call=250,
+            # Chosen on the validation split (docs/demo_study.md): D_1 with SFT's
+            # solutions, only samples whose every step is right, one gentle epoch.
+            ei={
+                "include_sft_data": True,
+                "check_calculations": True,
+                "epochs_per_round": 1.0,
+                "learning_rate": 3e-4,
+            },
+            rcrl={"epochs_per_round": 2.0, "learning_rate": 1e-3},
         ),
         ppo=PPOConfig(
             num_iterations=8,
@@ -111,6 +128,8 @@ SCALES = {
     "smoke": DemoScale(
         num_train=96,
         num_eval=8,
+        num_sft=64,
+        num_val=8,
         model=PRESETS["demo_smoke"](),
         sft=SFTConfig(num_epochs=1, batch_size=16, max_len=192, checkpoint_every=100),
         **_sample_fine_tune(
@@ -122,6 +141,7 @@ SCALES = {
             batch_size=8,
             max_len=192,
             prompts_per_call=16,
+            ei={"include_sft_data": True, "check_calculations": True},
         ),
         ppo=PPOConfig(
             num_iterations=2,
@@ -156,6 +176,33 @@ def expand_ppo(algorithms: Sequence[str], ppo_rewards: Sequence[str]) -> tuple[s
     )
 
 
+def scale_of(scale: str) -> DemoScale:
+    if scale not in SCALES:
+        raise ValueError(f"unknown demo scale {scale!r}; choose one of {sorted(SCALES)}")
+    return SCALES[scale]
+
+
+def experiment_settings(s: DemoScale, seed: int, eval_split: str = "test") -> dict[str, Any]:
+    """`train_experiment`'s task, model, per-algorithm configs, optimizer, evaluation and
+    seed for demo scale `s` (the demo and `jaxrl-reason study` share them)."""
+    configs = {"sft": s.sft, "ei": s.ei, "ppo": s.ppo, "rcrl": s.rcrl, "orm": s.orm}
+    return {
+        "task": TaskConfig(
+            "arith",
+            num_train=s.num_train,
+            num_eval=s.num_eval,
+            num_sft=s.num_sft,
+            num_val=s.num_val,
+            eval_split=eval_split,
+        ),
+        "model": ModelSetup(config=s.model, tokenizer_vocab_size=s.model.vocab_size),
+        "configs": {name: dataclasses.replace(cfg, seed=seed) for name, cfg in configs.items()},
+        "optimizer": OptimizerConfig(learning_rate=s.learning_rate, warmup_steps=s.warmup_steps),
+        "evaluation": dataclasses.replace(s.evaluation, seed=seed),
+        "seed": seed,
+    }
+
+
 def run_demo(
     workdir: str | os.PathLike = "workdirs/demo",
     algorithms: Sequence[str] = ("sft", "ei"),
@@ -163,23 +210,16 @@ def run_demo(
     scale: str = "default",
     seed: int = 0,
     show_progress: bool = True,
+    eval_split: str = "test",
 ) -> list[dict[str, Any]]:
     """Run the demo (resuming an unfinished one in `workdir`); print and return the table."""
-    if scale not in SCALES:
-        raise ValueError(f"unknown demo scale {scale!r}; choose one of {sorted(SCALES)}")
-    s = SCALES[scale]
+    s = scale_of(scale)
     start = time.perf_counter()
-    configs = {"sft": s.sft, "ei": s.ei, "ppo": s.ppo, "rcrl": s.rcrl, "orm": s.orm}
     rows = train_experiment(
         workdir,
-        task=TaskConfig("arith", num_train=s.num_train, num_eval=s.num_eval),
-        model=ModelSetup(config=s.model, tokenizer_vocab_size=s.model.vocab_size),
         algorithms=expand_ppo(algorithms, ppo_rewards),
-        configs={name: dataclasses.replace(cfg, seed=seed) for name, cfg in configs.items()},
-        optimizer=OptimizerConfig(learning_rate=s.learning_rate, warmup_steps=s.warmup_steps),
-        evaluation=dataclasses.replace(s.evaluation, seed=seed),
-        seed=seed,
         show_progress=show_progress,
+        **experiment_settings(s, seed, eval_split),
     )
     minutes = (time.perf_counter() - start) / 60
     print(

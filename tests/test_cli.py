@@ -85,7 +85,8 @@ def test_smoke_demo_then_eval_then_resume(tmp_path):
     out = run_cli("train", "configs/experiments/demo.gin", "--workdir", str(workdir))
     assert out.returncode == 2 and "holds a run with a different model_config" in out.stderr
     assert (workdir / "results.json").read_text() == before
-    assert sorted(p.name for p in (workdir / "sft" / "checkpoints").iterdir()) == ["6"]
+    # SFT: the smoke scale's 64 solved problems, 1 epoch of batches of 16: 4 steps
+    assert sorted(p.name for p in (workdir / "sft" / "checkpoints").iterdir()) == ["4"]
 
 
 def test_eval_of_a_missing_run_names_the_directory(tmp_path):
@@ -113,21 +114,28 @@ def test_train_tokenizer(tmp_path):
 
 @pytest.mark.slow
 def test_full_demo_trains_and_evaluates_sft_and_ei(tmp_path):
-    """The built-in demo: under 10 minutes on 2 cores, SFT learns (far above the ~0% of
-    an untrained model), EI draws its 2 x 500 x 4 samples and stays a working policy.
+    """The built-in demo: SFT learns (far above the ~0% of an untrained model), EI draws
+    its 1 x 1,000 x 4 samples and is ahead of SFT on maj@1, with the paired comparison
+    and the per-question results in results.json.
 
-    Which of SFT and EI is ahead on maj@1 is not asserted: at demo scale the gap is
-    within the bootstrap intervals and its sign has flipped with float-rounding changes
-    in the sampler (README, "The demo's result").
+    The margin asserted is small on purpose: on the test split of seeds 0-2 EI led by a
+    few points (BENCHMARKS.md), and docs/demo_study.md shows that on maj@1 an equal-compute
+    control without EI's samples gains as much, so this checks the pipeline, not a claim
+    that EI's samples teach the model.
     """
     workdir = tmp_path / "demo"
-    out = run_cli("demo", "--workdir", str(workdir), timeout=1800)
+    out = run_cli("demo", "--workdir", str(workdir), timeout=3000)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {r["method"]: r for r in json.loads((workdir / "results.json").read_text())["rows"]}
     print(out.stdout[-2000:])
     assert set(rows) == {"SFT", "EI"} and rows["EI"]["samples"] == 4000
     for row in rows.values():
         assert row["maj@1"] >= 0.15 and row["pass@8"] >= row["maj@1"]
+        assert row["num_questions"] == len(row["per_question"]["maj@1"]) == 500
+    assert rows["EI"]["maj@1"] > rows["SFT"]["maj@1"]
+    assert rows["EI"]["vs_SFT"]["maj@1"]["diff"] == pytest.approx(
+        rows["EI"]["maj@1"] - rows["SFT"]["maj@1"]
+    )
 
 
 def test_train_from_the_demo_gin_config(tmp_path):
@@ -135,6 +143,8 @@ def test_train_from_the_demo_gin_config(tmp_path):
     workdir = tmp_path / "run"
     small = {
         "TaskConfig.num_train": "64",
+        "TaskConfig.num_sft": "48",
+        "TaskConfig.num_val": "8",
         "TaskConfig.num_eval": "4",
         "train_experiment.show_progress": "False",
         "SFTConfig.num_epochs": "1",

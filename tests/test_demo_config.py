@@ -31,6 +31,7 @@ def test_demo_gin_matches_the_built_in_demo():
         assert (opt.learning_rate, opt.warmup_steps) == (s.learning_rate, s.warmup_steps)
         task = TaskConfig()
         assert (task.name, task.num_train, task.num_eval) == ("arith", s.num_train, s.num_eval)
+        assert (task.num_sft, task.num_val, task.eval_split) == (s.num_sft, s.num_val, "test")
         assert ModelSetup().tokenizer_vocab_size == s.model.vocab_size
     finally:
         gin.clear_config()

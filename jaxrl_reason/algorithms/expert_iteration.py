@@ -1,11 +1,12 @@
 """Expert Iteration (paper §2.2): sample, keep the correct, grow a dataset, fine-tune, repeat.
 
 Round i draws K solutions per training question from pi_{i-1}, keeps those whose final
-answer is right, de-duplicates them per question (exact match after collapsing
-whitespace), and adds them to the cumulative dataset D_i = R_i ∪ D_{i-1}. pi_i is then
-fine-tuned on D_i (see `fine_tuning`: from the initial weights by default) and evaluated
-on held-out questions. The dataset is the phase's host state; `rounds.run_rounds` saves,
-resumes and evaluates it.
+answer is right (and, with `check_calculations`, whose every calculator step is right),
+de-duplicates them per question (exact match after collapsing whitespace), and adds them
+to the cumulative dataset D_i = R_i ∪ D_{i-1}. pi_i is then fine-tuned on D_i, with SFT's
+reference solutions too when `include_sft_data` (see `fine_tuning`: from the initial
+weights by default), and evaluated on held-out questions. The dataset is the phase's host
+state; `rounds.run_rounds` saves, resumes and evaluates it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from jaxrl_reason.algorithms.rounds import (
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.evaluation.evaluate import EvalConfig, greedy_only
 from jaxrl_reason.rewards.grading import is_correct
+from jaxrl_reason.rewards.heuristic import calculations_hold
 from jaxrl_reason.sampling.rollouts import Rollouts
 
 Dataset = dict[str, list[str]]  # question id -> distinct correct solutions, in order found
@@ -42,10 +44,20 @@ Dataset = dict[str, list[str]]  # question id -> distinct correct solutions, in 
 @dataclasses.dataclass(frozen=True)
 class ExpertIterationConfig(SampleFineTuneConfig):
     full_eval_every_round: bool = False  # else maj@1 per round, the full evaluation last
+    include_sft_data: bool = False  # fine-tune on D_i ∪ SFT's reference solutions
+    # Keep a correct sample only if each of its <<expr=result>> steps is right too
+    # (`rewards.heuristic.calculations_hold`): a right answer reached through wrong
+    # arithmetic otherwise teaches the wrong arithmetic.
+    check_calculations: bool = False
 
 
-def correct_solutions(examples: Sequence[Example], samples: Sequence[Sequence[str]]) -> Dataset:
-    """Per question, its distinct samples whose final answer matches the reference."""
+def correct_solutions(
+    examples: Sequence[Example],
+    samples: Sequence[Sequence[str]],
+    check_calculations: bool = False,
+) -> Dataset:
+    """Per question, its distinct samples whose final answer matches the reference (and,
+    with `check_calculations`, whose every calculator annotation holds)."""
     if len(examples) != len(samples):
         raise ValueError(f"{len(examples)} questions but {len(samples)} rows of samples")
     kept: Dataset = {}
@@ -53,9 +65,12 @@ def correct_solutions(examples: Sequence[Example], samples: Sequence[Sequence[st
         seen: set[str] = set()
         for text in row:
             key = dedup_key(text)
-            if key and key not in seen and is_correct(text, ex.answer):
-                seen.add(key)
-                kept.setdefault(ex.id, []).append(text.strip())
+            if not key or key in seen or not is_correct(text, ex.answer):
+                continue
+            if check_calculations and not calculations_hold(text):
+                continue
+            seen.add(key)
+            kept.setdefault(ex.id, []).append(text.strip())
     return kept
 
 
@@ -96,10 +111,13 @@ class ExpertIteration(Algorithm):
         self, ctx: PhaseContext, state: PhaseState, rollouts: Rollouts, round_index: int
     ) -> Improved:
         questions = rollouts.questions()
-        new = correct_solutions(questions, rollouts.grouped())
+        new = correct_solutions(questions, rollouts.grouped(), self.cfg.check_calculations)
         dataset, added = merge(state.host["dataset"], new)
         by_id = {ex.id: ex for ex in ctx.train}
-        params = fine_tune_round(self.cfg, ctx, state, round_index, as_examples(dataset, by_id))
+        examples = as_examples(dataset, by_id)
+        if self.cfg.include_sft_data:
+            examples = [*ctx.sft_examples, *examples]
+        params = fine_tune_round(self.cfg, ctx, state, round_index, examples)
         stats = {
             "questions": len(questions),
             "solved_fraction": len(new) / len(questions),

@@ -48,6 +48,21 @@ def sparse_reward(completions: Sequence[str], references: Sequence[str]) -> np.n
     )
 
 
+def calculations_hold(text: str) -> bool:
+    """Whether every calculator annotation `<<expr=result>>` in `text` states the value
+    the calculator computes for its expression (one that does not parse fails).
+
+    A sample can reach the right final answer through wrong arithmetic (on `arith`,
+    `20+18=<<20+18=28>>28`, then `28/14=<<28/14=2>>2` when 38/19 = 2 was asked): with
+    this check, Expert Iteration keeps only solutions whose every step is right.
+    """
+    for expr, stated, _ in find_annotations(text):
+        value, computed = parse_number(stated.strip()), evaluate(expr)
+        if value is None or computed is None or value != computed:
+            return False
+    return True
+
+
 def _step_values(text: str) -> list[tuple[Fraction, int]]:
     """(value, end-of-annotation offset) for each trustworthy annotation in `text`."""
     steps = []

@@ -1,5 +1,6 @@
 """Expert Iteration's step: filtering, de-duplication, the cumulative dataset, re-init."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,6 +27,26 @@ def test_correct_solutions_filters_and_dedups_per_question():
     kept = ei.correct_solutions(EXAMPLES, samples)
     # Whitespace variants are one solution; "2+3 = 5" differs in its tokens, so it stays.
     assert kept == {"q1": ["2+3=5\n#### 5", "2+3 = 5\n#### 5"], "q2": ["4-1=3\n#### 3"]}
+
+
+def test_check_calculations_drops_right_answers_reached_by_wrong_arithmetic():
+    samples = [
+        [
+            "2+3=<<2+3=5>>5\n#### 5",  # right
+            "2+2=<<2+2=5>>5\n#### 5",  # right answer, wrong step: the check drops it
+            "<<2+3=6>>6 <<6-1=5>>5\n#### 5",  # one wrong step among right ones
+            "no steps\n#### 5",  # nothing to check: kept
+        ],
+        ["4-1=<<4-1=3>>3\n#### 3"],
+    ]
+    assert ei.correct_solutions(EXAMPLES, samples) == {
+        "q1": [s.strip() for s in samples[0]],
+        "q2": samples[1],
+    }
+    assert ei.correct_solutions(EXAMPLES, samples, check_calculations=True) == {
+        "q1": [samples[0][0], samples[0][3]],
+        "q2": samples[1],
+    }
 
 
 def test_correct_solutions_rejects_mismatched_rows():
@@ -85,6 +106,22 @@ def test_improve_keeps_the_correct_merges_and_fine_tunes(
     assert [t[1] for t in trained] == [["q1#0"], ["q1#0", "q1#1", "q2#0"]]
     assert [t[2] for t in trained] == [tmp_path / "round_1", tmp_path / "round_2"]
     assert [t[3] for t in trained] == [1, 2]  # seed + round
+
+
+def test_include_sft_data_fine_tunes_on_the_sft_solutions_too(tmp_path, monkeypatch, tiny_policy):
+    trained = []
+
+    def fake_train_sft(model_config, params, factory, opt, workdir, num_steps, seed, **kw):
+        trained.append(sorted(set(factory().example_ids)))
+        return SimpleNamespace(params=params)
+
+    monkeypatch.setattr(fine_tuning, "train_sft", fake_train_sft)
+    sft = [dataclasses.replace(EXAMPLES[1], id="sft0")]
+    ctx = phase_context(tiny_policy, 1, EXAMPLES, tmp_path, sft_examples=sft)
+    for include, want in ((True, ["q1#0", "sft0"]), (False, ["q1#0"])):
+        algo = ei.ExpertIteration(ei.ExpertIterationConfig(include_sft_data=include))
+        algo.improve(ctx, PhaseState(1, {"dataset": {}}), _rollouts([["#### 5"], ["x"]]), 1)
+        assert trained.pop() == want
 
 
 def test_a_round_with_nothing_correct_leaves_the_policy(tmp_path, monkeypatch, tiny_policy):
