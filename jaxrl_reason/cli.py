@@ -46,7 +46,14 @@ def _demo(args: argparse.Namespace) -> None:
         ppo_rewards=tuple(r for r in args.ppo_rewards.split(",") if r),
         scale=args.scale,
         seed=args.seed,
+        eval_split=args.split,
     )
+
+
+def _study(args: argparse.Namespace) -> None:
+    from jaxrl_reason.study import run_study
+
+    run_study(args.workdir, scale=args.scale, seed=args.seed, eval_split=args.split)
 
 
 def _import_hf(args: argparse.Namespace) -> None:
@@ -135,7 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="'smoke' is a seconds-long setting for tests",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val"),
+        help="what the table reports on: the held-out test questions, or the validation "
+        "questions carved from the training split (for choosing settings)",
+    )
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "study",
+        help="the paper's five findings on arith: every method at equal samples, SFT "
+        "epochs, exploration; writes report.md with figures and a verdict per finding",
+    )
+    p.add_argument("--workdir", default="workdirs/study")
+    p.add_argument("--scale", default="default", choices=("default", "smoke"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="test", choices=("test", "val"))
+    p.set_defaults(func=_study)
 
     p = sub.add_parser("import-hf", help="HF Llama directory -> orbax checkpoint + config")
     p.add_argument("src")
