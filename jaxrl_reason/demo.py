@@ -176,7 +176,10 @@ def expand_ppo(algorithms: Sequence[str], ppo_rewards: Sequence[str]) -> tuple[s
     )
 
 
-def scale_of(scale: str) -> DemoScale:
+def scale_of(scale: str | DemoScale) -> DemoScale:
+    """A demo scale by name ("default", "smoke"), or `scale` itself."""
+    if isinstance(scale, DemoScale):
+        return scale
     if scale not in SCALES:
         raise ValueError(f"unknown demo scale {scale!r}; choose one of {sorted(SCALES)}")
     return SCALES[scale]
@@ -207,7 +210,7 @@ def run_demo(
     workdir: str | os.PathLike = "workdirs/demo",
     algorithms: Sequence[str] = ("sft", "ei"),
     ppo_rewards: Sequence[str] = ("sparse", "dense", "orm"),
-    scale: str = "default",
+    scale: str | DemoScale = "default",
     seed: int = 0,
     show_progress: bool = True,
     eval_split: str = "test",

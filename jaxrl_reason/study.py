@@ -36,8 +36,12 @@ import numpy as np
 from jaxrl_reason.algorithms.registry import build_algorithm
 from jaxrl_reason.demo import DemoScale, experiment_settings, scale_of
 from jaxrl_reason.evaluation.exploration import exploration_stats
-from jaxrl_reason.evaluation.metrics import paired_bootstrap_ci, pass_at_k_unbiased
-from jaxrl_reason.evaluation.report import compare_to_baseline, markdown_table
+from jaxrl_reason.evaluation.metrics import pass_at_k_unbiased
+from jaxrl_reason.evaluation.report import (
+    compare_to_baseline,
+    markdown_table,
+    paired_differences,
+)
 from jaxrl_reason.experiment import load_run, load_task_data, train_experiment
 from jaxrl_reason.run_files import write_json
 from jaxrl_reason.sampling.rollouts import sample_rollouts
@@ -208,15 +212,7 @@ def verdicts(
     # (3) More SFT epochs: maj@1 up, pass@K down (fewest vs most epochs, paired).
     if len(epochs_rows) >= 2:
         lo, hi = epochs_rows[0], epochs_rows[-1]
-        d = {
-            m: dict(
-                zip(
-                    ("diff", "ci"),
-                    paired_bootstrap_ci(hi["per_question"][m], lo["per_question"][m]),
-                )
-            )
-            for m in ("maj@1", "pass@K")
-        }
+        d = paired_differences(hi, lo, ("maj@1", "pass@K"))
         s3m, s3p = _sign(d["maj@1"]), _sign(d["pass@K"])
         v3 = (
             "reproduced"

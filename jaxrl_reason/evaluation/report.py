@@ -13,6 +13,22 @@ TABLE_COLUMNS = ("maj@1", "maj@K", "rerank@K", "pass@K", "samples")
 PAIRED_METRICS = ("maj@1", "maj@K", "rerank@K", "pass@K")
 
 
+def paired_differences(
+    row: Mapping[str, Any],
+    baseline: Mapping[str, Any],
+    metrics: Sequence[str] = PAIRED_METRICS,
+    num_resamples: int = 1000,
+) -> dict[str, dict[str, Any]]:
+    """Per metric both rows' `per_question` results hold: `{"diff", "ci"}` of row minus
+    baseline, from `paired_bootstrap_ci` (the caller checks they are the same questions)."""
+    ours, theirs = row["per_question"], baseline["per_question"]
+    return {
+        m: dict(zip(("diff", "ci"), paired_bootstrap_ci(ours[m], theirs[m], num_resamples)))
+        for m in metrics
+        if m in ours and m in theirs
+    }
+
+
 def compare_to_baseline(
     rows: Sequence[Mapping[str, Any]], baseline: str = "SFT", num_resamples: int = 1000
 ) -> list[dict[str, Any]]:
@@ -30,13 +46,7 @@ def compare_to_baseline(
         if base is not None and row is not base and row["method"] != baseline:
             ours, theirs = row.get("per_question"), base.get("per_question")
             if ours and theirs and ours["id"] == theirs["id"]:
-                row[f"vs_{baseline}"] = {
-                    m: dict(
-                        zip(("diff", "ci"), paired_bootstrap_ci(ours[m], theirs[m], num_resamples))
-                    )
-                    for m in PAIRED_METRICS
-                    if m in ours and m in theirs
-                }
+                row[f"vs_{baseline}"] = paired_differences(row, base, num_resamples=num_resamples)
         out.append(row)
     return out
 
