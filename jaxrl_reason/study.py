@@ -47,7 +47,7 @@ from jaxrl_reason.run_files import write_json
 from jaxrl_reason.sampling.rollouts import sample_rollouts
 
 ALGORITHMS = ("sft", "ei", "ppo:sparse", "ppo:dense", "ppo:orm", "rcrl")
-SFT_EPOCHS = {"default": (1.5, 3.0, 6.0), "smoke": (0.5, 1.0)}
+SFT_EPOCHS = {"default": (1.0, 2.0, 4.0), "smoke": (0.5, 1.0)}  # the paper: SFT2 vs SFT4
 PROBE = {"default": (300, 8), "smoke": (8, 2)}  # (questions, samples per question)
 METRICS = ("maj@1", "maj@K", "rerank@K", "pass@K")
 
