@@ -304,6 +304,7 @@ def _write_run(workdir: Path, task: TaskConfig, policy: Policy, algorithms: list
     run = {
         "layout": LAYOUT,
         "task": task.name,
+        "task_config": dataclasses.asdict(task),  # its splits: what every row is measured on
         "data_dir": task.data_dir,
         "tokenizer": os.path.abspath(policy.tokenizer.path),
         "model_config": dataclasses.asdict(policy.model_config),
@@ -314,8 +315,9 @@ def _write_run(workdir: Path, task: TaskConfig, policy: Policy, algorithms: list
     path = workdir / "run.json"
     if path.exists():
         old = json.loads(path.read_text())
-        keys = ("task", "model_config", "prompt_format")
-        changed = [k for k in keys if _canonical(old.get(k)) != _canonical(run[k])]
+        keys = ("task", "task_config", "model_config", "prompt_format")
+        # (a run written before task_config was recorded is checked on the rest)
+        changed = [k for k in keys if k in old and _canonical(old.get(k)) != _canonical(run[k])]
         if changed:
             raise ValueError(
                 f"{workdir} holds a run with a different {', '.join(changed)}; nothing was "

@@ -141,3 +141,21 @@ def test_gsm8k_validation_split_is_the_end_of_the_training_file(shared_data_dir)
 def test_bad_task_splits_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TaskConfig(**kwargs)
+
+
+def test_a_workdir_is_refused_under_other_splits(tmp_path):
+    """Results cached under one split must never be reported under another."""
+    from types import SimpleNamespace
+
+    from jaxrl_reason.data.prompts import zero_shot
+    from jaxrl_reason.experiment import _write_run
+
+    policy = SimpleNamespace(
+        tokenizer=SimpleNamespace(path="tok.model"), model_config=TINY, prompt_format=zero_shot()
+    )
+    _write_run(tmp_path, TaskConfig(num_val=10, eval_split="val"), policy, ["sft"])
+    before = (tmp_path / "run.json").read_text()
+    with pytest.raises(ValueError, match="different task_config"):
+        _write_run(tmp_path, TaskConfig(num_val=10), policy, ["sft"])
+    assert (tmp_path / "run.json").read_text() == before
+    _write_run(tmp_path, TaskConfig(num_val=10, eval_split="val"), policy, ["sft", "ei"])
