@@ -123,7 +123,8 @@ def exploration_probe(
         if phase == "orm":
             continue
         policy, params, _ = load_run(main, entry["policy_step"])
-        cfg = policy.sampling_config(num_samples, s.evaluation.temperature, s.ppo.max_new_tokens)
+        ev = s.evaluation
+        cfg = policy.sampling_config(num_samples, ev.temperature, ev.max_new_tokens)
         key = jax.random.fold_in(jax.random.key(seed), 7)  # the same key for every policy
         title = titles.get(phase, phase)
         samples[title] = sample_rollouts(
