@@ -127,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--algorithms",
         default="sft,ei",
-        help="comma-separated subset of sft,ei,ppo,rcrl,orm (ppo runs once per --ppo_rewards; "
-        "the ORM is trained when a PPO reward needs it or 'orm' is listed)",
+        help="comma-separated subset of sft,ei,ppo,rcrl,orm,grpo,dr_grpo,rloo,gspo,dapo (ppo "
+        "runs once per --ppo_rewards; a GRPO variant takes a reward as e.g. dapo:dense; the "
+        "ORM is trained when a reward needs it or 'orm' is listed)",
     )
     p.add_argument(
         "--ppo_rewards",

@@ -6,7 +6,8 @@ held-out test questions (greedy maj@1; maj@K and pass@K from K samples), and wri
 results.md / results.json / results.png (maj@1 against samples drawn) to the workdir.
 `algorithms=("sft", "ei", "ppo", "rcrl")` adds PPO (one run per reward in `ppo_rewards`),
 RCRL and the ORM (trained for the ORM reward; it then adds rerank@K to every row), each
-starting from the SFT model.
+starting from the SFT model; "grpo", "dr_grpo", "rloo", "gspo" and "dapo" add the GRPO
+family, each drawing PPO's rollouts per iteration for as many iterations.
 The default settings were chosen in trial runs that were read on the same held-out
 questions (a validation split would be cleaner), so the gaps between methods are
 indicative.
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jaxrl_reason.algorithms.expert_iteration import ExpertIterationConfig
+from jaxrl_reason.algorithms.grpo import GRPO_VARIANTS, GRPOConfig
 from jaxrl_reason.algorithms.orm_training import ORMConfig
 from jaxrl_reason.algorithms.ppo import PPOConfig
 from jaxrl_reason.algorithms.rcrl import RCRLConfig
@@ -44,6 +46,7 @@ class DemoScale:
     sft: SFTConfig
     ei: ExpertIterationConfig
     ppo: PPOConfig
+    grpo: GRPOConfig  # every GRPO variant's settings, but its variant's own defaults
     rcrl: RCRLConfig
     orm: ORMConfig
     evaluation: EvalConfig
@@ -61,6 +64,8 @@ def _sample_fine_tune(
         "rcrl": RCRLConfig(**shared, **(rcrl or {})),
     }
 
+
+GRPO_DEMO_LR = 2e-5  # chosen on the validation split among 2e-5, 1e-4 (docs/demo_study.md)
 
 SCALES = {
     "default": DemoScale(
@@ -109,6 +114,19 @@ SCALES = {
             prompts_per_call=64,
             eval_every=4,
         ),
+        # PPO's rollouts (64 questions x 4, 8 iterations), one pass of 4 updates each.
+        grpo=GRPOConfig(
+            num_iterations=8,
+            prompts_per_iteration=64,
+            num_samples=4,
+            temperature=0.7,
+            max_new_tokens=128,
+            epochs_per_iteration=1,
+            minibatch_size=64,
+            learning_rate=GRPO_DEMO_LR,
+            prompts_per_call=64,
+            eval_every=4,
+        ),
         orm=ORMConfig(
             num_samples=4,
             temperature=0.7,
@@ -152,6 +170,14 @@ SCALES = {
             minibatch_size=8,
             prompts_per_call=8,
         ),
+        grpo=GRPOConfig(
+            num_iterations=2,
+            prompts_per_iteration=8,
+            num_samples=2,
+            max_new_tokens=32,
+            minibatch_size=8,
+            prompts_per_call=8,
+        ),
         orm=ORMConfig(
             num_samples=2,
             max_new_tokens=32,
@@ -189,6 +215,7 @@ def experiment_settings(s: DemoScale, seed: int, eval_split: str = "test") -> di
     """`train_experiment`'s task, model, per-algorithm configs, optimizer, evaluation and
     seed for demo scale `s` (the demo and `jaxrl-reason study` share them)."""
     configs = {"sft": s.sft, "ei": s.ei, "ppo": s.ppo, "rcrl": s.rcrl, "orm": s.orm}
+    configs |= {v: dataclasses.replace(s.grpo, variant=v) for v in GRPO_VARIANTS}
     return {
         "task": TaskConfig(
             "arith",

@@ -2,9 +2,10 @@
 
 One study, in one workdir, at a demo scale (`demo.SCALES`):
 
-  main/          SFT, then every RL method from it (EI, PPO with each reward, RCRL) at the
-                 same number of samples drawn (PPO's iterations are set to EI's budget), and
-                 the ORM the ORM reward needs; every row has paired CIs against SFT and EI
+  main/          SFT, then every RL method from it (EI, PPO with each reward, RCRL, and GRPO
+                 beside the paper's methods) at the same number of samples drawn (PPO's and
+                 GRPO's iterations are set to EI's budget), and the ORM the ORM reward
+                 needs; every row has paired CIs against SFT and EI
   sft_<E>/       SFT alone for each of `sft_epochs` epochs (the same tokenizer as main/)
   probe.json     exploration: K samples of each final policy on training questions that
                  SFT never saw solved, against the SFT policy's (`evaluation.exploration`)
@@ -46,18 +47,23 @@ from jaxrl_reason.experiment import load_run, load_task_data, train_experiment
 from jaxrl_reason.run_files import write_json
 from jaxrl_reason.sampling.rollouts import sample_rollouts
 
-ALGORITHMS = ("sft", "ei", "ppo:sparse", "ppo:dense", "ppo:orm", "rcrl")
+ALGORITHMS = ("sft", "ei", "ppo:sparse", "ppo:dense", "ppo:orm", "rcrl", "grpo")
 SFT_EPOCHS = {"default": (1.0, 2.0, 4.0), "smoke": (0.5, 1.0)}  # the paper: SFT2 vs SFT4
 PROBE = {"default": (300, 8), "smoke": (8, 2)}  # (questions, samples per question)
 METRICS = ("maj@1", "maj@K", "rerank@K", "pass@K")
 
 
 def equal_budget(s: DemoScale) -> DemoScale:
-    """`s` with PPO's iterations set so that it draws (at least) EI's number of samples."""
+    """`s` with PPO's and the GRPO family's iterations set so that each draws (at least)
+    EI's number of samples (DAPO's dynamic sampling may draw more, and says so)."""
     ei = s.ei.num_rounds * min(s.ei.questions_per_round or s.num_train, s.num_train)
-    per_iteration = s.ppo.prompts_per_iteration * s.ppo.num_samples
-    iterations = math.ceil(ei * s.ei.num_samples / per_iteration)
-    return dataclasses.replace(s, ppo=dataclasses.replace(s.ppo, num_iterations=iterations))
+    budget = ei * s.ei.num_samples
+    iterations = lambda cfg: math.ceil(budget / (cfg.prompts_per_iteration * cfg.num_samples))
+    return dataclasses.replace(
+        s,
+        ppo=dataclasses.replace(s.ppo, num_iterations=iterations(s.ppo)),
+        grpo=dataclasses.replace(s.grpo, num_iterations=iterations(s.grpo)),
+    )
 
 
 def run_study(
@@ -165,7 +171,8 @@ def verdicts(
 ) -> list[dict[str, str]]:
     """One verdict per finding, each with the rule that decided it and the numbers."""
     by = {r["method"]: r for r in rows}
-    others = [r for r in rows if r["method"] not in ("SFT", "EI")]
+    # The paper's methods: GRPO (not in the paper) is in the table, beside them.
+    others = [r for r in rows if r["method"].startswith(("PPO", "RCRL"))]
     out = []
 
     # (1) EI best or tied: on a metric, no other method is significantly above EI.

@@ -29,7 +29,7 @@ def test_help_lists_every_subcommand():
         assert command in out.stdout
 
 
-ALL = ("--algorithms", "sft,ei,ppo,rcrl", "--ppo_rewards", "sparse,dense,orm,dense_orm")
+ALL = ("--algorithms", "sft,ei,ppo,rcrl,grpo,dapo", "--ppo_rewards", "sparse,dense,orm,dense_orm")
 
 
 def test_smoke_demo_then_eval_then_resume(tmp_path):
@@ -37,7 +37,17 @@ def test_smoke_demo_then_eval_then_resume(tmp_path):
     out = run_cli("demo", "--workdir", str(workdir), "--scale", "smoke", *ALL)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
-    methods = ["SFT", "EI", "PPO sparse", "PPO dense", "PPO ORM", "PPO dense ORM", "RCRL"]
+    methods = [
+        "SFT",
+        "EI",
+        "PPO sparse",
+        "PPO dense",
+        "PPO ORM",
+        "PPO dense ORM",
+        "RCRL",
+        "GRPO",
+        "DAPO",
+    ]
     assert [r["method"] for r in results["rows"]] == methods
     for row in results["rows"][1:]:
         assert row["samples"] > 0 and 0.0 <= row["pass@K"] <= 1.0

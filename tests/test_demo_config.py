@@ -1,11 +1,15 @@
 """`configs/experiments/demo.gin` describes exactly what `jaxrl-reason demo` runs."""
 
+from dataclasses import replace
+
 import gin
 
 from jaxrl_reason.algorithms.expert_iteration import ExpertIterationConfig
+from jaxrl_reason.algorithms.grpo import GRPO_VARIANTS
 from jaxrl_reason.algorithms.orm_training import ORMConfig
 from jaxrl_reason.algorithms.ppo import PPOConfig
 from jaxrl_reason.algorithms.rcrl import RCRLConfig
+from jaxrl_reason.algorithms.registry import build_algorithm
 from jaxrl_reason.algorithms.sft import SFTConfig
 from jaxrl_reason.configuration import parse_config
 from jaxrl_reason.demo import SCALES
@@ -23,6 +27,8 @@ def test_demo_gin_matches_the_built_in_demo():
         assert ExpertIterationConfig() == s.ei
         assert PPOConfig() == s.ppo
         assert RCRLConfig() == s.rcrl
+        for variant in GRPO_VARIANTS:  # each name, built under gin, is the demo's variant
+            assert build_algorithm(variant).cfg == replace(s.grpo, variant=variant).resolved()
         assert ORMConfig() == s.orm
         assert list(gin.query_parameter("train_experiment.algorithms")) == ["sft", "ei"]
         assert EvalConfig() == s.evaluation

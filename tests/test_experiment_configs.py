@@ -14,6 +14,7 @@ import gin
 import pytest
 
 from jaxrl_reason.algorithms.expert_iteration import ExpertIterationConfig
+from jaxrl_reason.algorithms.grpo import GRPO_VARIANTS, GRPOConfig
 from jaxrl_reason.algorithms.orm_training import ORMConfig
 from jaxrl_reason.algorithms.ppo import PPO_REWARDS, PPOConfig
 from jaxrl_reason.algorithms.rcrl import RCRLConfig
@@ -33,7 +34,7 @@ COMMON = sorted((EXPERIMENTS_DIR / "common").glob("*.gin"))
 TASKS = ("gsm8k", "svamp")
 MODELS = ("llama2_7b", "llama2_13b")
 # The RL algorithm each file name stands for -> what train_experiment must run.
-RUNS = {"sft_ei": "ei", "ppo": "ppo", "rcrl": "rcrl"}
+RUNS = {"sft_ei": "ei", "ppo": "ppo", "rcrl": "rcrl", "grpo": "grpo", "dapo": "dapo"}
 NAME = re.compile(
     rf"^(?P<task>{'|'.join(TASKS)})_(?P<model>{'|'.join(MODELS)})_(?P<algo>{'|'.join(RUNS)})$"
 )
@@ -100,6 +101,7 @@ def test_experiment_parses_and_its_configs_build(path: pathlib.Path):
             PPOConfig,
             RCRLConfig,
             ORMConfig,
+            GRPOConfig,
             EvalConfig,
             OptimizerConfig,
         ):
@@ -132,7 +134,10 @@ def test_experiment_runs_what_its_name_says(path: pathlib.Path):
         assert SFTConfig().batch_size == 64
         for phase in _phases() - {"sft"}:
             cfg = build_algorithm(phase).cfg
-            assert cfg == type(cfg)(), phase
+            if phase in GRPO_VARIANTS:  # built as its variant, its defaults filled in
+                assert cfg == GRPOConfig(variant=phase).resolved(), phase
+            else:
+                assert cfg == type(cfg)(), phase
             assert getattr(cfg, "batch_size", getattr(cfg, "minibatch_size", None)) == 64, phase
         task, model = TaskConfig(), ModelSetup()
         assert task.name == name["task"]
@@ -180,6 +185,11 @@ def test_batches_split_over_the_mesh(path: pathlib.Path):
             batches["PPO rollouts per iteration"] = ppo.rollouts_per_iteration
             assert ppo.rollouts_per_iteration % ppo.minibatch_size == 0
             assert ppo.prompts_per_call >= ppo.prompts_per_iteration  # one sampler call
+        for phase in phases & set(GRPO_VARIANTS):
+            cfg = build_algorithm(phase).cfg
+            batches[f"{phase} minibatch_size"] = cfg.minibatch_size
+            batches[f"{phase} rows per call"] = cfg.prompts_per_call * cfg.num_samples
+            assert cfg.rollouts_per_iteration % cfg.minibatch_size == 0
         for what, size in batches.items():
             assert size % shards == 0, f"{what}={size} is not a multiple of {shards} shards"
     finally:

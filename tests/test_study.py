@@ -77,11 +77,12 @@ def test_pass_at_k_curve_is_the_unbiased_estimator():
     assert list(curve.values()) == sorted(curve.values())
 
 
-def test_equal_budget_gives_ppo_ei_samples():
+def test_equal_budget_gives_ppo_and_grpo_ei_samples():
     s = equal_budget(SCALES["default"])
     ei = s.ei.num_rounds * s.ei.questions_per_round * s.ei.num_samples
-    ppo = s.ppo.num_iterations * s.ppo.prompts_per_iteration * s.ppo.num_samples
-    assert ei <= ppo < ei + s.ppo.prompts_per_iteration * s.ppo.num_samples
+    for cfg in (s.ppo, s.grpo):
+        per_iteration = cfg.prompts_per_iteration * cfg.num_samples
+        assert ei <= cfg.num_iterations * per_iteration < ei + per_iteration
 
 
 @pytest.mark.slow  # ~5 minutes on 2 cores

@@ -29,6 +29,7 @@ from jaxrl_reason.algorithms.sft import SFTConfig, run_sft
 from jaxrl_reason.algorithms.expert_iteration import ExpertIteration, ExpertIterationConfig
 from jaxrl_reason.algorithms.orm_training import ORMConfig, ORMTraining
 from jaxrl_reason.algorithms.ppo import PPO, PPO_REWARDS, PPOConfig
+from jaxrl_reason.algorithms.grpo import GRPO, GRPO_VARIANTS, GRPOConfig
 from jaxrl_reason.algorithms.rcrl import RCRL, RCRLConfig
 
 # ------------------------------------------------------------------ by name
@@ -38,12 +39,15 @@ from jaxrl_reason.algorithms.registry import build_algorithm, register
 from jaxrl_reason.algorithms.orm_scoring import ORMScorer, load_orm
 
 __all__ = [
+    "GRPO",
+    "GRPO_VARIANTS",
     "PPO",
     "PPO_REWARDS",
     "RCRL",
     "Algorithm",
     "ExpertIteration",
     "ExpertIterationConfig",
+    "GRPOConfig",
     "Improved",
     "ORMConfig",
     "ORMScorer",

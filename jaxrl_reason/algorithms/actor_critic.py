@@ -98,6 +98,16 @@ class ActorCritic:
 
     def reference_logprobs(self, ref_params: Any, batch: dict[str, jax.Array]) -> jax.Array:
         """log pi_ref(token t | tokens < t) [N, T] of the frozen reference LM."""
-        tokens, positions, input_mask = model_inputs(batch)
-        out = Transformer(self.config).apply({"params": ref_params}, tokens, positions, input_mask)
-        return _shift(logprobs_from_logits(out.logits[:, :-1], tokens[:, 1:]))
+        return sequence_logprobs(self.config, ref_params, batch)[0]
+
+
+def sequence_logprobs(
+    config: ModelConfig, params: Any, batch: dict[str, jax.Array], entropy: bool = False
+) -> tuple[jax.Array, jax.Array | None]:
+    """(log pi(token t | tokens < t), entropy or None), [N, T] float32 in the sequence
+    frame, of the plain LM `params` (no value head)."""
+    tokens, positions, input_mask = model_inputs(batch)
+    out = Transformer(config).apply({"params": params}, tokens, positions, input_mask)
+    logits = out.logits[:, :-1]
+    logprobs = _shift(logprobs_from_logits(logits, tokens[:, 1:]))
+    return logprobs, _shift(entropy_from_logits(logits)) if entropy else None

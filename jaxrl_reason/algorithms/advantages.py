@@ -1,4 +1,5 @@
-"""Per-token rewards, GAE advantages and masked whitening for PPO.
+"""Per-token rewards, GAE advantages and masked whitening for PPO; group-relative
+advantages for the GRPO family.
 
 Rollout frame: every array is [B, T] over the response slots of a batch. `mask` is 1 on
 tokens the policy generated and 0 elsewhere (padding after EOS, or any slot the policy
@@ -96,3 +97,42 @@ def token_rewards(
         chex.assert_equal_shape([dense, mask])
         rewards = rewards + dense.astype(jnp.float32) * m
     return rewards
+
+
+def group_advantages(
+    rewards: jax.Array,
+    *,
+    normalize_std: bool = True,
+    leave_one_out: bool = False,
+    eps: float = 1e-6,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """Group-relative advantages [B, K] of K samples per question, from rewards [B, K].
+
+    Over the n valid samples of group b (`mask`, default all; padding gets 0):
+      baseline  mean_j r_bj                     (GRPO, Dr.GRPO)
+                mean_{j != i} r_bj              (`leave_one_out`: RLOO, Ahmadian et al. 2024)
+      A_bi = r_bi - baseline,  divided by (std_b + eps) when `normalize_std` (GRPO), where
+      std_b is the sample standard deviation (ddof 1, as TRL and Tunix) of the group.
+    A group of one sample, or whose rewards are all equal, has advantage 0 (never NaN).
+    """
+    chex.assert_rank(rewards, 2)
+    r = rewards.astype(jnp.float32)
+    m = jnp.ones_like(r) if mask is None else mask.astype(jnp.float32)
+    chex.assert_equal_shape([r, m])
+    r = r * m
+    n = m.sum(-1, keepdims=True)
+    total = r.sum(-1, keepdims=True)
+    mean = total / jnp.maximum(n, 1.0)
+    if leave_one_out:
+        baseline = (total - r) / jnp.maximum(n - 1.0, 1.0)
+        adv = jnp.where(n > 1, r - baseline, 0.0)
+    else:
+        adv = r - mean
+    if normalize_std:
+        var = (jnp.square(r - mean) * m).sum(-1, keepdims=True) / jnp.maximum(n - 1.0, 1.0)
+        adv = adv / (jnp.sqrt(var) + eps)
+    # All-equal groups carry no signal: exactly 0, not the rounding error of their mean.
+    valid = m > 0
+    spread = jnp.max(jnp.where(valid, r, -jnp.inf), -1) - jnp.min(jnp.where(valid, r, jnp.inf), -1)
+    return jnp.where(valid & (spread[:, None] > 0), adv, 0.0)

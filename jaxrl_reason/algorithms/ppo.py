@@ -38,6 +38,7 @@ from jaxrl_reason.algorithms.kl_control import (
     RunningMoments,
     kl_controller_from_state,
 )
+from jaxrl_reason.algorithms.policy_gradient import LOSS_AGGREGATIONS, minibatch_epochs
 from jaxrl_reason.algorithms.ppo_objective import KL_KINDS, kl_penalty, ppo_losses
 from jaxrl_reason.algorithms.rollouts import place_response_values, rollout_rewards, sequence_batch
 from jaxrl_reason.algorithms.round_sampling import RolloutConfig, draw_questions, round_key
@@ -77,6 +78,7 @@ class PPOConfig(RolloutConfig):
     value_clip: float | None = 0.2
     vf_coef: float = 1.0
     entropy_coef: float = 0.0
+    loss_aggregation: str = "token_mean"  # policy_gradient.LOSS_AGGREGATIONS
     kl_coef: float = 0.05
     kl_target: float | None = None  # set: adaptive controller (Ziegler et al.)
     kl_horizon: float = 10000.0
@@ -95,6 +97,10 @@ class PPOConfig(RolloutConfig):
         problems = []
         if self.reward not in PPO_REWARDS:
             problems.append(f"reward={self.reward!r} is not one of {PPO_REWARDS}")
+        if self.loss_aggregation not in LOSS_AGGREGATIONS:
+            problems.append(
+                f"loss_aggregation={self.loss_aggregation!r} is not one of {LOSS_AGGREGATIONS}"
+            )
         if self.kl_kind not in KL_KINDS:
             problems.append(f"kl_kind={self.kl_kind!r} is not one of {KL_KINDS}")
         for name in ("num_iterations", "prompts_per_iteration", "num_samples"):
@@ -185,6 +191,8 @@ def _ppo_loss(
         vf_coef=cfg.vf_coef,
         entropy=entropy,
         entropy_coef=cfg.entropy_coef,
+        aggregation=cfg.loss_aggregation,
+        normalizer=cfg.max_new_tokens,
     )
 
 
@@ -200,6 +208,8 @@ _PROGRAM_FIELDS = (
     "value_clip",
     "vf_coef",
     "entropy_coef",
+    "loss_aggregation",
+    "max_new_tokens",
 )
 
 
@@ -341,23 +351,19 @@ class PPO(Algorithm):
     def _minibatch_epochs(
         self, train_state: Any, exp: dict[str, np.ndarray], mesh: Any, it: int
     ) -> tuple[Any, list[dict[str, Any]]]:
-        """`epochs_per_iteration` shuffled passes of minibatch updates over the rollouts."""
-        cfg, rows, metrics = self.cfg, exp["tokens"].shape[0], []
-        key = round_key(cfg.seed, it)
-        for epoch in range(cfg.epochs_per_iteration):
-            order = np.random.default_rng([cfg.seed, it, epoch]).permutation(rows)
-            for j in range(rows // cfg.minibatch_size):
-                idx = order[j * cfg.minibatch_size : (j + 1) * cfg.minibatch_size]
-                mb = {k: v[idx] for k, v in exp.items()}
-                train_state, m = self.step_fn(train_state, shard_batch(mb, mesh), key)
-                metrics.append(m)
-        metrics = jax.device_get(metrics)
-        if not all(bool(m["finite"]) for m in metrics):
-            raise FloatingPointError(
-                f"{self.phase} iteration {it + 1}: a non-finite loss (that update was skipped); "
-                "the phase resumes from its last saved state"
-            )
-        return train_state, metrics
+        cfg = self.cfg
+        return minibatch_epochs(
+            self.step_fn,
+            train_state,
+            exp,
+            mesh,
+            epochs=cfg.epochs_per_iteration,
+            minibatch_size=cfg.minibatch_size,
+            seed=cfg.seed,
+            iteration=it,
+            key=round_key(cfg.seed, it),
+            phase=self.phase,
+        )
 
 
 REWARD_TITLES = {"sparse": "sparse", "dense": "dense", "orm": "ORM", "dense_orm": "dense ORM"}

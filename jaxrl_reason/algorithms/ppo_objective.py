@@ -2,7 +2,8 @@
 and the per-token KL penalty to the reference policy.
 
 All arrays are [B, T] in the rollout frame of `advantages.py`; `mask` selects the tokens
-that count. Means are over all valid tokens of the batch (token-level, as in trlX).
+that count. The policy loss is aggregated by `policy_gradient.aggregate_loss` (token-level
+by default, as in trlX); the value loss and the statistics are means over valid tokens.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+
+from jaxrl_reason.algorithms.policy_gradient import aggregate_loss, clipped_surrogate
 
 KL_KINDS = ("k1", "k2", "k3")
 
@@ -70,10 +73,14 @@ def ppo_losses(
     vf_coef: float = 1.0,
     entropy: jax.Array | None = None,
     entropy_coef: float = 0.0,
+    aggregation: str = "token_mean",
+    normalizer: float | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total PPO loss = policy_loss + vf_coef * value_loss - entropy_coef * entropy.
 
-    policy_loss: masked mean of max(-A r, -A clip(r, 1 - eps, 1 + eps)), r = pi / pi_old.
+    policy_loss: max(-A r, -A clip(r, 1 - eps, 1 + eps)), r = pi / pi_old, aggregated over
+      the valid tokens by `aggregate_loss(.., aggregation, normalizer)` (default: the
+      masked mean over all tokens).
     value_loss: masked mean of 0.5 max((V - R)^2, (V_old + clip(V - V_old, +-eps_v) - R)^2);
       `value_clip=None` turns value clipping off.
     Metrics (scalars): loss, policy_loss, value_loss, entropy, clip_fraction (share of
@@ -88,10 +95,10 @@ def ppo_losses(
     f32 = lambda x: x.astype(jnp.float32)
     log_ratio = f32(new_logprobs) - f32(old_logprobs)
     ratio = jnp.exp(log_ratio)
-    adv = f32(advantages)
-    pg_unclipped = -adv * ratio
-    pg_clipped = -adv * jnp.clip(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio)
-    policy_loss = masked_mean(jnp.maximum(pg_unclipped, pg_clipped), mask)
+    pg, clip = clipped_surrogate(
+        new_logprobs, old_logprobs, advantages, mask, clip_ratio, clip_ratio
+    )
+    policy_loss = aggregate_loss(pg, mask, aggregation, normalizer)
 
     values, old_v, ret = f32(new_values), f32(old_values), f32(returns)
     vf_unclipped = jnp.square(values - ret)
@@ -110,7 +117,7 @@ def ppo_losses(
         "policy_loss": policy_loss,
         "value_loss": value_loss,
         "entropy": mean_entropy,
-        "clip_fraction": masked_mean(pg_clipped > pg_unclipped, mask),
+        "clip_fraction": masked_mean(clip["clip_low"] | clip["clip_high"], mask),
         "value_clip_fraction": masked_mean(vf_clipped > vf_unclipped, mask),
         "approx_kl": masked_mean(jnp.expm1(log_ratio) - log_ratio, mask),
         "ratio_mean": masked_mean(ratio, mask),

@@ -1,7 +1,8 @@
 """The RL algorithms an experiment can name, and how a name becomes an `Algorithm`.
 
 A name is a registered algorithm, optionally with a variant after a colon: "ei", "rcrl",
-"orm", "ppo" (with `PPOConfig.reward`) or "ppo:dense" (PPO with that reward). Each
+"orm", "ppo" (with `PPOConfig.reward`) or "ppo:dense" (PPO with that reward), and the
+GRPO family "grpo", "dr_grpo", "rloo", "gspo", "dapo" (each also with ":<reward>"). Each
 registration has a gin-configurable settings class; when an experiment passes no settings
 for an algorithm, the class is built under gin, so `ExpertIterationConfig.num_rounds = 4`
 in a config file reaches it. A new algorithm is one `register` call.
@@ -10,10 +11,12 @@ in a config file reaches it. A new algorithm is one `register` call.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from jaxrl_reason.algorithms.expert_iteration import ExpertIteration, ExpertIterationConfig
+from jaxrl_reason.algorithms.grpo import GRPO, GRPO_VARIANTS, GRPOConfig
 from jaxrl_reason.algorithms.orm_training import ORMConfig, ORMTraining
 from jaxrl_reason.algorithms.ppo import PPO, PPO_REWARDS, PPOConfig
 from jaxrl_reason.algorithms.rcrl import RCRL, RCRLConfig
@@ -22,7 +25,7 @@ from jaxrl_reason.algorithms.rounds import Algorithm
 
 @dataclasses.dataclass(frozen=True)
 class Registration:
-    config: type  # the algorithm's settings (a gin-configurable dataclass)
+    config: Callable[[], Any]  # its settings, built under gin (a gin-configurable dataclass)
     build: Callable[[Any, str | None], Algorithm]  # (settings, variant or None) -> algorithm
     variants: tuple[str, ...] = ()
 
@@ -32,7 +35,7 @@ REGISTRY: dict[str, Registration] = {}
 
 def register(
     name: str,
-    config: type,
+    config: Callable[[], Any],
     build: Callable[[Any, str | None], Algorithm],
     variants: tuple[str, ...] = (),
 ) -> None:
@@ -66,3 +69,26 @@ register(
     lambda cfg, reward: PPO(cfg if reward is None else dataclasses.replace(cfg, reward=reward)),
     variants=PPO_REWARDS,
 )
+
+
+def _grpo_build(variant: str) -> Callable[[Any, str | None], Algorithm]:
+    def build(cfg: GRPOConfig, reward: str | None) -> Algorithm:
+        if cfg.variant != variant:
+            raise ValueError(
+                f"algorithm {variant!r} was given a GRPOConfig with variant={cfg.variant!r}; "
+                f"pass GRPOConfig(variant={variant!r}, ...)"
+            )
+        return GRPO(cfg if reward is None else dataclasses.replace(cfg, reward=reward))
+
+    return build
+
+
+# The GRPO family: one settings class, one name per variant ("dapo", "dapo:dense" ...). A
+# variant built under gin reads every `GRPOConfig.*` binding but its own `variant`.
+for _variant in GRPO_VARIANTS:
+    register(
+        _variant,
+        functools.partial(GRPOConfig, variant=_variant),
+        _grpo_build(_variant),
+        variants=PPO_REWARDS,
+    )

@@ -45,9 +45,14 @@ class RolloutConfig:
 
 
 def draw_questions(
-    examples: Sequence[Example], n: int | None, seed: int, index: int, in_order: bool = True
+    examples: Sequence[Example],
+    n: int | None,
+    seed: int,
+    index: int | tuple[int, ...],
+    in_order: bool = True,
 ) -> list[Example]:
-    """Round `index`'s `n` questions, drawn by `default_rng([seed, index])`.
+    """Round `index`'s `n` questions, drawn by `default_rng([seed, *index])` (an index
+    tuple names a further draw within a round, e.g. DAPO's dynamic sampling).
 
     `in_order` (EI, RCRL, the ORM): a subset without replacement, in the original order, or
     every question when `n` is None or at least their number. Otherwise (PPO): `n` draws in
@@ -55,7 +60,8 @@ def draw_questions(
     """
     if n is None or (in_order and n >= len(examples)):
         return list(examples)
-    idx = np.random.default_rng([seed, index]).choice(len(examples), n, replace=n > len(examples))
+    index = index if isinstance(index, tuple) else (index,)
+    idx = np.random.default_rng([seed, *index]).choice(len(examples), n, replace=n > len(examples))
     return [examples[i] for i in (np.sort(idx) if in_order else idx)]
 
 

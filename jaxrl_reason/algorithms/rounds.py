@@ -5,7 +5,10 @@ Every method here is the same loop (Havrilla et al. 2024, §2):
     pi_0 <- the start policy (SFT)
     for r = 1 .. N:
         Q_r  <- the round's training questions                  Algorithm.plan
-        Y_r  <- K samples per question of Q_r from pi_{r-1}      driver (sample_rollouts)
+        Y_r  <- K samples per question of Q_r from pi_{r-1}      driver (sample_rollouts;
+                                                                 more draws while
+                                                                 Algorithm.more_rollouts
+                                                                 asks, e.g. DAPO's)
         pi_r <- improve(pi_{r-1}, Q_r, Y_r)                      Algorithm.improve
         evaluate pi_r on held-out questions, on a cadence        driver
         save the phase state                                     driver
@@ -161,6 +164,15 @@ class Algorithm(abc.ABC):
     ) -> Improved:
         """The algorithm's step: the round's rollouts -> new arrays, host state, statistics."""
 
+    def more_rollouts(
+        self, ctx: PhaseContext, state: PhaseState, rollouts: Rollouts, round_index: int
+    ) -> RoundPlan | None:
+        """After each draw of round `round_index` (`rollouts`: all its rows so far), a plan
+        for another draw to append before `improve`, or None (the default) to improve now.
+        DAPO's dynamic sampling keeps drawing until enough groups are informative; every
+        row drawn counts in `samples_drawn`."""
+        return None
+
     def policy_params(self, arrays: Any) -> Any:
         """The policy's LM params within the arrays (what is evaluated and returned)."""
         return arrays
@@ -245,17 +257,22 @@ def _run_round(
     algo: Algorithm, ctx: PhaseContext, state: PhaseState, r: int
 ) -> tuple[PhaseState, dict[str, Any] | None, int]:
     """Sample, improve, evaluate: (the state after round r, its evaluation, tokens sampled)."""
-    plan = algo.plan(ctx, state, r)
     policy = ctx.policy
-    rollouts = sample_rollouts(
-        policy.text_sampler,
-        plan.prompt_format or policy.prompt_format,
-        plan.params,
-        plan.questions,
-        plan.sampling,
-        plan.key,
-        plan.prompts_per_call,
-    )
+
+    def draw(plan: RoundPlan) -> Rollouts:
+        return sample_rollouts(
+            policy.text_sampler,
+            plan.prompt_format or policy.prompt_format,
+            plan.params,
+            plan.questions,
+            plan.sampling,
+            plan.key,
+            plan.prompts_per_call,
+        )
+
+    rollouts = draw(algo.plan(ctx, state, r))
+    while (more := algo.more_rollouts(ctx, state, rollouts, r)) is not None:
+        rollouts = rollouts + draw(more)
     arrays, host, stats = algo.improve(ctx, state, rollouts, r)
     if clash := sorted(_RESERVED & set(stats)):
         raise ValueError(f"{algo.phase}: statistics may not be named {clash} (metrics use them)")

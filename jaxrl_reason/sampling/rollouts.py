@@ -49,6 +49,33 @@ class Rollouts:
         """Response tokens sampled, over all rows."""
         return sum(map(len, self.response_ids))
 
+    def select(self, rows: Sequence[int]) -> Rollouts:
+        """The rows `rows`, in that order (whole groups of K keep `grouped` meaningful)."""
+        pick = lambda xs: [xs[i] for i in rows]
+        return Rollouts(
+            pick(self.examples),
+            pick(self.texts),
+            pick(self.prompt_ids),
+            pick(self.response_ids),
+            pick(self.policy_logprobs),
+            self.num_samples,
+        )
+
+    def __add__(self, other: Rollouts) -> Rollouts:
+        """These rows, then `other`'s (the same K)."""
+        if other.num_samples != self.num_samples:
+            raise ValueError(
+                f"cannot join rollouts of K = {self.num_samples} and K = {other.num_samples}"
+            )
+        return Rollouts(
+            self.examples + other.examples,
+            self.texts + other.texts,
+            self.prompt_ids + other.prompt_ids,
+            self.response_ids + other.response_ids,
+            self.policy_logprobs + other.policy_logprobs,
+            self.num_samples,
+        )
+
 
 def sample_rollouts(
     text_sampler: TextSampler,
