@@ -95,7 +95,7 @@ def test_smoke_study_writes_a_report_with_every_finding_and_figure(tmp_path):
         v["verdict"] in ("reproduced", "not reproduced", "refuted") for v in report["verdicts"]
     )
     methods = [r["method"] for r in report["rows"]]
-    assert methods == ["SFT", "EI", "PPO sparse", "PPO dense", "PPO ORM", "RCRL"]
+    assert methods == ["SFT", "EI", "PPO sparse", "PPO dense", "PPO ORM", "RCRL", "GRPO"]
     assert len({r["samples"] for r in report["rows"][1:]}) == 1  # the same budget
     assert set(report["probe"]["methods"]) == set(methods[1:])
     for name in ("fig_tradeoff", "fig_samples", "fig_exploration", "fig_pass_at_k"):
