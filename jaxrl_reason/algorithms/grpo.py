@@ -235,7 +235,8 @@ def truncated(rollouts: Rollouts, eos_id: int, max_new_tokens: int) -> np.ndarra
 def _experience(
     config: Any, cfg: GRPOConfig, params: Any, ref_params: Any, batch: dict[str, jax.Array]
 ) -> tuple[jax.Array, jax.Array]:
-    """(old log-probs recomputed or None-equivalent zeros, reference log-probs) [N, T]."""
+    """[N, T] (the policy's recomputed log-probs, zeros unless `recompute_logprobs`; the
+    reference's log-probs, zeros at beta 0)."""
     old = sequence_logprobs(config, params, batch)[0] if cfg.recompute_logprobs else None
     ref = sequence_logprobs(config, ref_params, batch)[0] if cfg.beta else None
     zeros = jnp.zeros(batch["tokens"].shape, jnp.float32)
