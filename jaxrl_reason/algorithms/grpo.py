@@ -446,16 +446,7 @@ class GRPO(Algorithm):
             adv = np.asarray(adv).reshape(-1)
             exp = self._experience(ctx, state, batch_rollouts, adv, sample_mask)
             train_state, metrics = minibatch_epochs(
-                self.step_fn,
-                state.arrays,
-                exp,
-                mesh,
-                epochs=cfg.epochs_per_iteration,
-                minibatch_size=cfg.minibatch_size,
-                seed=cfg.seed,
-                iteration=it,
-                key=round_key(cfg.seed, it),
-                phase=self.phase,
+                self.step_fn, state.arrays, exp, mesh, cfg, it, self.phase
             )
         answers = [e.answer for e in rollouts.examples]
         lengths = np.array([len(r) for r in rollouts.response_ids])

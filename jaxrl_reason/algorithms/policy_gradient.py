@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl_reason.algorithms.round_sampling import round_key
 from jaxrl_reason.training.train_step import shard_batch
 
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
@@ -113,25 +114,22 @@ def minibatch_epochs(
     train_state: Any,
     exp: dict[str, np.ndarray],
     mesh: Any,
-    *,
-    epochs: int,
-    minibatch_size: int,
-    seed: int,
+    cfg: Any,
     iteration: int,
-    key: jax.Array,
     phase: str,
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """`epochs` shuffled passes of minibatch updates over the rows of `exp` (host arrays).
+    """`cfg.epochs_per_iteration` shuffled passes of `cfg.minibatch_size`-row updates over
+    the rows of `exp` (host arrays); `cfg` is PPO's or the GRPO family's config.
 
     Pass e of iteration i shuffles with `default_rng([seed, i, e])`, so a resumed run
     updates in the same order. Raises FloatingPointError when an update was not finite.
     """
-    rows, metrics = exp["tokens"].shape[0], []
-    for epoch in range(epochs):
-        order = np.random.default_rng([seed, iteration, epoch]).permutation(rows)
-        for j in range(rows // minibatch_size):
-            idx = order[j * minibatch_size : (j + 1) * minibatch_size]
-            mb = {k: v[idx] for k, v in exp.items()}
+    rows, size, metrics = exp["tokens"].shape[0], cfg.minibatch_size, []
+    key = round_key(cfg.seed, iteration)
+    for epoch in range(cfg.epochs_per_iteration):
+        order = np.random.default_rng([cfg.seed, iteration, epoch]).permutation(rows)
+        for j in range(rows // size):
+            mb = {k: v[order[j * size : (j + 1) * size]] for k, v in exp.items()}
             train_state, m = step_fn(train_state, shard_batch(mb, mesh), key)
             metrics.append(m)
     metrics = jax.device_get(metrics)

@@ -315,7 +315,9 @@ class PPO(Algorithm):
             *shard_batch({"lp": sampler_lp, "s": score, "d": dense}, mesh).values(),
             jnp.float32(kl_ctl.value),
         )
-        train_state, metrics = self._minibatch_epochs(state.arrays, jax.device_get(exp), mesh, it)
+        train_state, metrics = minibatch_epochs(
+            self.step_fn, state.arrays, jax.device_get(exp), mesh, self.cfg, it, self.phase
+        )
         stats = {k: float(v) for k, v in jax.device_get(stats).items()}
         kl_ctl.update(stats["kl_per_sequence"], len(rollouts))
         answers = [e.answer for e in rollouts.examples]
@@ -347,23 +349,6 @@ class PPO(Algorithm):
             score = np.clip(score * scale, -cfg.reward_clip, cfg.reward_clip)
             dense = np.clip(dense * scale, -cfg.reward_clip, cfg.reward_clip)
         return batch, score, dense, raw_return
-
-    def _minibatch_epochs(
-        self, train_state: Any, exp: dict[str, np.ndarray], mesh: Any, it: int
-    ) -> tuple[Any, list[dict[str, Any]]]:
-        cfg = self.cfg
-        return minibatch_epochs(
-            self.step_fn,
-            train_state,
-            exp,
-            mesh,
-            epochs=cfg.epochs_per_iteration,
-            minibatch_size=cfg.minibatch_size,
-            seed=cfg.seed,
-            iteration=it,
-            key=round_key(cfg.seed, it),
-            phase=self.phase,
-        )
 
 
 REWARD_TITLES = {"sparse": "sparse", "dense": "dense", "orm": "ORM", "dense_orm": "dense ORM"}
