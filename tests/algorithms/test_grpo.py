@@ -13,7 +13,7 @@ from jaxrl_reason.algorithms.registry import build_algorithm
 from jaxrl_reason.evaluation.evaluate import EvalConfig
 from jaxrl_reason.training.optimizer import OptimizerConfig
 from tests.algorithms.conftest import TINY, phase_context
-from tests.algorithms.test_ppo import FakeORM
+from tests.algorithms.test_ppo import FakeORM, _low_ids_reward
 
 SMALL = grpo.GRPOConfig(
     num_iterations=2,
@@ -35,14 +35,6 @@ def run_grpo(policy, params, train, cfg, workdir, optimizer=OPT, scorer=None, ev
     )
     result = rounds.run_rounds(grpo.GRPO(cfg), ctx)
     return result.params, result.state
-
-
-def _low_ids_reward(rollouts, kind, tokenizer, shape, orm_scorer=None):
-    """The share of a response's tokens in the lower half of the vocabulary."""
-    score = np.zeros(shape[0], np.float32)
-    for n, ids in enumerate(rollouts.response_ids):
-        score[n] = np.mean(np.asarray(ids) < TINY.vocab_size // 2) if ids else 0.0
-    return score, np.zeros(shape, np.float32)
 
 
 def _same(a, b):
