@@ -24,7 +24,6 @@ paired 95% bootstrap intervals. Every phase resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -44,7 +43,7 @@ from jaxrl_reason.evaluation.report import (
     paired_differences,
 )
 from jaxrl_reason.experiment import load_run, load_task_data, train_experiment
-from jaxrl_reason.run_files import write_json
+from jaxrl_reason.run_files import read_json, write_json
 from jaxrl_reason.sampling.rollouts import sample_rollouts
 
 ALGORITHMS = ("sft", "ei", "ppo:sparse", "ppo:dense", "ppo:orm", "rcrl", "grpo")
@@ -115,9 +114,9 @@ def exploration_probe(
     statistics against SFT's. Cached in workdir/probe.json."""
     path = workdir / "probe.json"
     if path.exists():
-        return json.loads(path.read_text())
+        return read_json(path, "exploration probe")
     main = workdir / "main"
-    run = json.loads((main / "run.json").read_text())
+    run = read_json(main / "run.json", "run file")
     data = load_task_data(experiment_settings(s, seed)["task"], seed)
     questions = data.train[len(data.sft) :][:num_questions] or data.train[:num_questions]
     titles = {"sft": "SFT"}
@@ -395,7 +394,7 @@ def _figures(
     from jaxrl_reason.evaluation.report import plot_accuracy_vs_samples
 
     names = []
-    results = json.loads((workdir / "main" / "results.json").read_text())
+    results = read_json(workdir / "main" / "results.json", "results file")
 
     # (1) the SFT trade-off and RL, on one figure: epochs on the left, RL samples on the right.
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=120, sharey=True)

@@ -224,7 +224,9 @@ def run_rounds(algo: Algorithm, ctx: PhaseContext) -> PhaseResult:
             state = _restore(algo, ckpt, state)
         if state.rounds_done >= algo.num_rounds:
             return PhaseResult(state, algo.policy_params(state.arrays), None)
-        writer = MetricWriter(ctx.workdir)
+        # Records of rounds after the restored state (written before a crash) are redone.
+        phases = (algo.phase, f"{algo.phase}_eval")
+        writer = MetricWriter(ctx.workdir, resume_step=state.rounds_done, phases=phases)
         bar = ThroughputBar(
             algo.num_rounds,
             initial=state.rounds_done,

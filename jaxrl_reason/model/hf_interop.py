@@ -22,7 +22,7 @@ import os
 import pathlib
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -33,6 +33,7 @@ import safetensors.numpy
 from jax.experimental import multihost_utils
 
 from jaxrl_reason.model.config import _DTYPES, ModelConfig, RopeScaling
+from jaxrl_reason.run_files import RunFileError, read_json
 
 PathLike = str | os.PathLike
 _INDEX_FILE = "model.safetensors.index.json"
@@ -203,18 +204,39 @@ class _Reader:
     def __init__(self, path: pathlib.Path, stack: contextlib.ExitStack):
         index = path / _INDEX_FILE
         if index.exists():
-            self.weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+            data = read_json(index, "safetensors index")
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) for v in weight_map.values()
+            ):
+                raise RunFileError(
+                    f'{index}: the safetensors index has no "weight_map" of tensor names to '
+                    "files; download or export the checkpoint again"
+                )
+            self.weight_map: dict[str, str] = weight_map
         elif (path / _SINGLE_FILE).exists():
             self.weight_map = {}
         else:
             raise FileNotFoundError(f"{path} has neither {_SINGLE_FILE} nor {_INDEX_FILE}")
         self.files = sorted(set(self.weight_map.values())) or [_SINGLE_FILE]
-        self._handles = {
-            name: stack.enter_context(safetensors.safe_open(path / name, framework="numpy"))
-            for name in self.files
-        }
+        self._handles = {name: self._open(path, name, stack) for name in self.files}
         if not self.weight_map:
             self.weight_map = dict.fromkeys(self._handles[_SINGLE_FILE].keys(), _SINGLE_FILE)
+
+    @staticmethod
+    def _open(path: pathlib.Path, name: str, stack: contextlib.ExitStack) -> Any:
+        file = path / name
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"{file} not found: {path / _INDEX_FILE} lists it; the download is incomplete"
+            )
+        try:
+            return stack.enter_context(safetensors.safe_open(file, framework="numpy"))
+        except safetensors.SafetensorError as err:
+            raise RunFileError(
+                f"{file}: not a readable safetensors file ({err}); it is truncated or "
+                "damaged: download or export the checkpoint again"
+            ) from None
 
     def _slice(self, name: str) -> Any:
         if name not in self.weight_map:
@@ -283,8 +305,7 @@ def load_hf_llama(
     own shard from the files. Without it, params land on the default device.
     """
     path = pathlib.Path(path)
-    config = config_from_hf(json.loads((path / "config.json").read_text()))
-    config = config.replace(param_dtype=dtype or "float32")
+    config = _read_hf_config(path).replace(param_dtype=dtype or "float32")
     np_dtype = np.dtype(config.weight_dtype)
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     params: dict[str, Any] = {}
@@ -311,6 +332,33 @@ def load_hf_llama(
                 node = node.setdefault(key, {})
             node[keys[-1]] = leaf
     return config, params
+
+
+def _read_hf_config(path: pathlib.Path) -> ModelConfig:
+    """The `ModelConfig` of HF directory `path`'s config.json; errors name the file."""
+    file = path / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: {path} is not a HF model directory")
+    hf = read_json(file, "HF config")
+    if not isinstance(hf, dict):
+        raise RunFileError(f"{file}: the HF config is not a JSON object; restore the file")
+    try:
+        return config_from_hf(hf)
+    except KeyError as err:
+        raise RunFileError(
+            f"{file}: the HF config has no {err.args[0]!r}; is it a Llama config.json?"
+        ) from None
+
+
+def _read_model_config(file: pathlib.Path) -> ModelConfig:
+    """The `ModelConfig` in `file` (a model_config.json); errors name the file."""
+    data = read_json(file, "model config")
+    if not isinstance(data, dict):
+        raise RunFileError(f"{file}: the model config is not a JSON object; restore the file")
+    try:
+        return ModelConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise RunFileError(f"{file}: {err}") from None
 
 
 # ----------------------------------------------------------------------------- saving
@@ -355,11 +403,13 @@ def save_hf_llama(
     dtype: str = "float32",
     max_shard_bytes: int = 5 * 2**30,
     overwrite: bool = False,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> None:
     """Write `params` as a HF `LlamaForCausalLM` directory (config.json + safetensors).
 
     Files larger than `max_shard_bytes` in total are split into shards with an index.
     Scalar heads (value, reward) have no HF counterpart and are not written.
+    `extra_files` (name -> contents, e.g. a tokenizer) are written beside them.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype={dtype!r}; choose one of {sorted(_DTYPES)}")
@@ -405,6 +455,8 @@ def save_hf_llama(
         if len(shards) > 1:
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / _INDEX_FILE).write_text(json.dumps(index, indent=2))
+        for name, contents in (extra_files or {}).items():
+            (tmp / name).write_bytes(contents)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -440,15 +492,82 @@ def load_checkpoint(src: PathLike, mesh: Any = None) -> tuple[ModelConfig, dict[
             f"{src} was imported by an older jaxrl_reason; run `jaxrl-reason import-hf` "
             "again into a new directory"
         )
-    config = model_config_from_json((src / "model_config.json").read_text())
+    config = _read_model_config(src / "model_config.json")
     target = abstract_params(config, mesh=mesh)
     params, _ = load_params(src / "params", target, what="imported params")
     return config, params
 
 
 def export_checkpoint_to_hf(
-    src: PathLike, dst: PathLike, dtype: str = "float32", max_shard_bytes: int = 5 * 2**30
+    src: PathLike,
+    dst: PathLike,
+    dtype: str = "float32",
+    max_shard_bytes: int = 5 * 2**30,
+    overwrite: bool = False,
+    step: int | None = None,
 ) -> None:
-    """`jaxrl-reason export-hf SRC DST`: the reverse of `import_hf_to_checkpoint`."""
+    """`jaxrl-reason export-hf SRC DST`: the reverse of `import_hf_to_checkpoint`.
+
+    `src` may also be a trained run's directory (it has run.json): then its newest policy,
+    or the one of `step`, is exported by `export_run_to_hf`. `overwrite` replaces a `dst`
+    that is not empty.
+    """
+    src = pathlib.Path(src)
+    if (src / "run.json").is_file():
+        export_run_to_hf(src, dst, step, dtype, max_shard_bytes, overwrite)
+        return
+    if not (src / "model_config.json").is_file():
+        raise FileNotFoundError(
+            f"{src} is neither a run directory (no run.json: train one with `jaxrl-reason "
+            "train` or `demo`) nor a checkpoint written by `jaxrl-reason import-hf` (no "
+            "model_config.json)"
+        )
+    if step is not None:
+        raise ValueError(
+            f"step={step}: {src} is an import-hf checkpoint, which holds one set of params; "
+            "a step chooses among the policies of a run directory"
+        )
     config, params = load_checkpoint(src)
-    save_hf_llama(config, params, dst, dtype, max_shard_bytes)
+    save_hf_llama(config, params, dst, dtype, max_shard_bytes, overwrite)
+
+
+def export_run_to_hf(
+    workdir: PathLike,
+    dst: PathLike,
+    step: int | None = None,
+    dtype: str = "float32",
+    max_shard_bytes: int = 5 * 2**30,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """`jaxrl-reason export-hf RUN_DIR DST [--step N]`: a trained run's policy as a HF
+    `LlamaForCausalLM` directory; returns the policy's meta (its phase, samples drawn...).
+
+    The policy is the newest in `RUN_DIR/policy` (the last finished phase), or its step
+    `step` (the `policy_step` of each phase in run.json). `dst` receives config.json and
+    model.safetensors (shards and an index when large), as `save_hf_llama` writes them;
+    `tokenizer.model`, a copy of the run's sentencepiece model (a run's tokenizer is not a
+    HF tokenizer: no tokenizer.json is written, so load it with `sentencepiece`, not
+    `AutoTokenizer`); and `jaxrl_reason_policy.json`: the policy's meta and the prompt
+    format it is asked in (`data.prompts.PromptFormat` fields), which its answers need.
+    """
+    from jaxrl_reason.experiment import load_run
+
+    policy, params, meta = load_run(workdir, step)
+    tokenizer = pathlib.Path(policy.tokenizer.path)
+    if tokenizer.suffix != ".model":
+        raise ValueError(
+            f"{workdir}: its tokenizer {tokenizer} is not a sentencepiece .model file; only "
+            "those are exported with the weights"
+        )
+    about = {
+        "exported_from": str(pathlib.Path(workdir).absolute()),
+        "policy_step": step,
+        "meta": meta,
+        "prompt_format": dataclasses.asdict(policy.prompt_format),
+    }
+    extra = {
+        "tokenizer.model": tokenizer.read_bytes(),
+        "jaxrl_reason_policy.json": (json.dumps(about, indent=2, sort_keys=True) + "\n").encode(),
+    }
+    save_hf_llama(policy.model_config, params, dst, dtype, max_shard_bytes, overwrite, extra)
+    return meta

@@ -10,6 +10,7 @@ restored; we never silently start over.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -20,6 +21,7 @@ from jax.experimental import multihost_utils
 
 from jaxrl_reason.model import init_params, param_logical_axes
 from jaxrl_reason.parallel import logical_shardings
+from jaxrl_reason.run_files import RunFileError
 
 log = logging.getLogger(__name__)
 _MAX_REASON = 400  # characters of an orbax/tensorstore error kept in messages
@@ -96,13 +98,42 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def meta(self, step: int | None = None) -> dict[str, Any]:
-        """The JSON meta of `step` (default: the newest), without reading any array."""
+        """The JSON meta of `step` (default: the newest), without reading any array.
+
+        A damaged meta file raises `RunFileError` naming it; when `step` is None a WARNING
+        names it and older steps are tried in turn (as `restore` does).
+        """
         self.wait()
-        step = self.latest_step() if step is None else step
-        if step is None:
+        steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"no checkpoint to read in {self.directory}")
-        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(restored.meta or {})
+        errors = []
+        for s in steps:
+            try:
+                args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+                return dict(self._manager.restore(s, args=args).meta or {})
+            except Exception as e:  # noqa: BLE001 - any failure means "damaged"
+                errors.append(self._meta_error(s, e))
+                if step is None:
+                    log.warning("%s; trying the previous checkpoint", errors[-1])
+        if step is not None:
+            raise RunFileError(errors[0])
+        raise RunFileError(
+            f"no checkpoint in {self.directory} has a readable meta; delete or repair the "
+            "directory, or point the run at a fresh workdir: " + "; ".join(errors)
+        )
+
+    def _meta_error(self, step: int, err: Exception) -> str:
+        """One line naming the meta file of `step` and what is wrong with it."""
+        path = os.path.join(self.directory, str(step), "meta", "metadata")
+        if isinstance(err, json.JSONDecodeError):
+            where, reason = f"{path}:{err.lineno}:{err.colno}", f"not valid JSON ({err.msg})"
+        else:
+            where, reason = path, f"unreadable ({type(err).__name__}: {str(err)[:_MAX_REASON]})"
+        return (
+            f"{where}: the meta of the checkpoint at step {step} is {reason}; move "
+            f"{os.path.join(self.directory, str(step))} aside to resume from the previous step"
+        )
 
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """(state, meta) of `step` (default: the newest that restores) onto `target`'s layout.

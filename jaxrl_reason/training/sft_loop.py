@@ -142,7 +142,8 @@ def train_sft(
     def meta_at(step: int, data_state: dict[str, Any]) -> dict[str, Any]:
         return {"step": step, "data": data_state, "seed": seed, "phase": phase}
 
-    writer = MetricWriter(workdir)
+    # Records past `start` (written after the checkpoint, before a crash) are redone.
+    writer = MetricWriter(workdir, resume_step=start, phases=(phase, f"{phase}_eval"))
     bar = ThroughputBar(
         num_steps,
         initial=start,

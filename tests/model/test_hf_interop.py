@@ -1,5 +1,6 @@
 """HF Llama interop: logits match `transformers`, round trips are exact, bad input is named."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -21,6 +22,7 @@ from jaxrl_reason.model import (  # noqa: E402
 )
 from jaxrl_reason.model.config import ModelConfig, RopeScaling  # noqa: E402
 from jaxrl_reason.parallel import logical_shardings, make_mesh  # noqa: E402
+from jaxrl_reason.run_files import RunFileError  # noqa: E402
 from tests.model.random_params import random_params  # noqa: E402
 
 LLAMA3_ROPE = {
@@ -410,3 +412,130 @@ def test_export_copies_nothing_extra(tmp_path):
     names = sorted(_tensors(tmp_path / "hf"))
     assert not [n for n in names if "value" in n]
     assert len(names) == 2 + 1 + 9  # embed, norm, lm_head + 9 per layer
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate", r"model.safetensors: not a readable safetensors file .*truncated or damaged"),
+        ("garbage", r"model.safetensors: not a readable safetensors file"),
+        ("config", r"config.json:1:\d+: HF config is not valid JSON"),
+        ("config_key", r"config.json: the HF config has no 'num_attention_heads'"),
+    ],
+)
+def test_damaged_files_are_named_in_one_line(hf_dirs, tmp_path, damage, message):
+    _, path = hf_dirs["gqa"]
+    bad = _copy_with(path, tmp_path / "bad")
+    weights, config = bad / "model.safetensors", bad / "config.json"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "garbage":
+        weights.write_bytes(b"not a safetensors file at all")
+    elif damage == "config":
+        config.write_text(config.read_text()[:40])
+    else:
+        config.write_text(json.dumps({"hidden_size": 32, "vocab_size": 96}))
+    with pytest.raises(RunFileError, match=message) as err:
+        hf_interop.load_hf_llama(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_damaged_or_incomplete_sharded_checkpoint_is_named(hf_dirs, tmp_path):
+    _, path = hf_dirs["gqa"]
+    config, params = hf_interop.load_hf_llama(path)
+    hf_interop.save_hf_llama(config, params, tmp_path / "sharded", max_shard_bytes=20_000)
+    index = tmp_path / "sharded" / "model.safetensors.index.json"
+    shard = sorted((tmp_path / "sharded").glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{shard} not found: .*index.json lists it"):
+        hf_interop.load_hf_llama(tmp_path / "sharded")
+    index.write_text('{"weight_map": {"model.norm.weight": ')
+    with pytest.raises(RunFileError, match=rf"{index}:1:\d+: safetensors index is not valid"):
+        hf_interop.load_hf_llama(tmp_path / "sharded")
+
+
+def _trained_run(workdir, tok, config, steps):
+    """A run directory as `train_experiment` leaves it: run.json, a sentencepiece
+    tokenizer, and one saved policy per finished phase (params `steps[i]` at step i)."""
+    from jaxrl_reason.data.prompts import zero_shot
+    from jaxrl_reason.training.checkpointing import save_params
+
+    fmt = dataclasses.asdict(zero_shot())
+    run = {
+        "layout": 2,
+        "task": "arith",
+        "tokenizer": str(tok.path),
+        "model_config": dataclasses.asdict(config),
+        "prompt_format": fmt,
+        "phases": {},
+    }
+    for step, (phase, params) in enumerate(steps):
+        assert save_params(workdir / "policy", params, {"phase": phase, "maj@1": 0.5}) == step
+        run["phases"][phase] = {"policy_step": step, "prompt_format": fmt}
+    (workdir / "run.json").write_text(json.dumps(run))
+
+
+def test_a_trained_run_exports_to_transformers_with_equal_logits(tmp_path):
+    from jaxrl_reason import cli
+    from jaxrl_reason.data.tokenizer import train_tokenizer_for_task
+
+    tok = train_tokenizer_for_task("arith", tmp_path / "run" / "tokenizer", 384, 300)
+    config = ModelConfig(
+        vocab_size=tok.vocab_size,
+        d_model=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        mlp_dim=48,
+        max_seq_len=128,
+    )
+    sft, ei = random_params(config, seed=1), random_params(config, seed=2)
+    _trained_run(tmp_path / "run", tok, config, [("sft", sft), ("ei", ei)])
+    tokens, mask = _batch(config.vocab_size, seed=1)
+    for step, params in ((0, sft), (None, ei)):  # a given step, then the newest
+        dst = tmp_path / f"hf_{step}"
+        meta = hf_interop.export_run_to_hf(tmp_path / "run", dst, step=step)
+        assert meta["phase"] == ("sft" if step == 0 else "ei")
+        assert sorted(p.name for p in dst.iterdir()) == [
+            "config.json",
+            "jaxrl_reason_policy.json",
+            "model.safetensors",
+            "tokenizer.model",
+        ]
+        assert (dst / "tokenizer.model").read_bytes() == pathlib.Path(tok.path).read_bytes()
+        about = json.loads((dst / "jaxrl_reason_policy.json").read_text())
+        run = json.loads((tmp_path / "run" / "run.json").read_text())
+        assert about["prompt_format"] == run["prompt_format"] and about["meta"] == meta
+        model = transformers.LlamaForCausalLM.from_pretrained(
+            dst, attn_implementation="eager"
+        ).eval()
+        _assert_logits_close(
+            _our_logits(config, params, tokens, mask), _hf_logits(model, tokens, mask), mask
+        )
+
+    # The CLI: --step and --overwrite (its error names the flag, not overwrite=True).
+    run, dst = str(tmp_path / "run"), str(tmp_path / "hf_None")
+    assert cli.main(["export-hf", run, dst, "--step", "0"]) == 2
+    assert cli.main(["export-hf", run, dst, "--step", "0", "--overwrite"]) == 0
+    assert (
+        json.loads((tmp_path / "hf_None" / "jaxrl_reason_policy.json").read_text())["meta"]["phase"]
+        == "sft"
+    )
+    assert cli.main(["export-hf", run, dst, "--step", "7", "--overwrite"]) == 2
+    with pytest.raises(FileNotFoundError, match="neither a run directory"):
+        hf_interop.export_checkpoint_to_hf(tmp_path, tmp_path / "nowhere")
+
+
+def test_cli_export_hf_overwrite_and_step_of_an_import(hf_dirs, tmp_path, capsys):
+    from jaxrl_reason import cli
+
+    _, path = hf_dirs["gqa"]
+    hf_interop.import_hf_to_checkpoint(path, tmp_path / "ckpt")
+    ckpt, dst = str(tmp_path / "ckpt"), str(tmp_path / "hf")
+    assert cli.main(["export-hf", ckpt, dst]) == 0
+    assert cli.main(["export-hf", ckpt, dst]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert cli.main(["export-hf", ckpt, dst, "--overwrite"]) == 0
+    assert cli.main(["export-hf", ckpt, dst, "--overwrite", "--step", "1"]) == 2
+    assert "import-hf checkpoint, which holds one set of params" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxrl_reason.parallel import make_mesh
+from jaxrl_reason.run_files import RunFileError
 from jaxrl_reason.training import (
     Checkpointer,
     CheckpointRestoreError,
@@ -129,3 +130,24 @@ def test_restore_lands_on_the_target_shardings(tmp_path):
     assert len(mirrors) == 3  # Adam's mu and nu, and the accumulated gradient
     assert all(x.sharding.spec == P("fsdp", "tensor") for x in mirrors)
     _assert_equal(restored, state)
+
+
+def test_a_damaged_meta_names_its_file_and_the_newest_falls_back(tmp_path, caplog):
+    state = {"w": jnp.ones(3)}
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, state, {"rounds_done": 1}, force=True)
+        ckpt.save(2, state, {"rounds_done": 2}, force=True)
+    meta_file = tmp_path / "2" / "meta" / "metadata"
+    meta_file.write_text('{"rounds_done": 2, "hist')  # a truncated write on a flaky disk
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        with pytest.raises(RunFileError, match=rf"{meta_file}:1:\d+: the meta of the .* step 2"):
+            ckpt.meta(2)
+        with caplog.at_level(logging.WARNING):
+            assert ckpt.meta() == {"rounds_done": 1}
+        assert f"{meta_file}:1:" in caplog.text and "trying the previous" in caplog.text
+    (tmp_path / "1" / "meta" / "metadata").write_text("")
+    with (
+        Checkpointer(tmp_path, async_save=False) as ckpt,
+        pytest.raises(RunFileError, match="no checkpoint in .* has a readable meta"),
+    ):
+        ckpt.meta()

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from jaxrl_reason.run_files import RunFileError
 from jaxrl_reason.training import MetricWriter, PreemptionGuard, ThroughputBar, read_metrics
 
 
@@ -58,3 +59,64 @@ def test_checkpointer_rejects_bad_keep(tmp_path, bad):
 
     with pytest.raises(ValueError, match="keep"):
         Checkpointer(tmp_path, keep=bad)
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_last_line_cut_off_by_a_crash_is_dropped_not_glued_onto(tmp_path, caplog):
+    with MetricWriter(tmp_path, tensorboard=False) as writer:
+        writer.write(1, {"loss": 2.0}, "sft")
+        writer.write(2, {"loss": 1.5}, "sft")
+    path = tmp_path / "metrics.jsonl"
+    with path.open("a") as f:
+        f.write('{"step": 3, "phase": "sft", "lo')  # the crash, mid-write
+    with caplog.at_level("WARNING"):
+        assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]  # a reader skips it
+    assert "cut off mid-write" in caplog.text and path.read_text().endswith('"lo')
+    with MetricWriter(tmp_path, tensorboard=False) as writer:  # the writer drops it
+        writer.write(3, {"loss": 1.0}, "sft")
+    assert [(r["step"], r["loss"]) for r in _records(path)] == [(1, 2.0), (2, 1.5), (3, 1.0)]
+
+
+def test_a_last_record_missing_only_its_newline_is_kept(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "phase": "sft"}\n{"step": 2, "phase": "sft"}')
+    with MetricWriter(tmp_path, tensorboard=False) as writer:
+        writer.write(3, {}, "sft")
+    assert [r["step"] for r in _records(path)] == [1, 2, 3]
+
+
+def test_a_damaged_line_in_the_middle_names_the_file_and_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    damaged = '{"step": 1, "phase": "sft"}\n{"step": 2, "pha\n{"step": 3, "phase": "sft"}\n'
+    path.write_text(damaged)
+    want = rf"{path}:2: metrics file line 2 is not valid JSON .*restore the file, or delete"
+    with pytest.raises(RunFileError, match=want):
+        read_metrics(tmp_path)
+    with pytest.raises(RunFileError, match=want):
+        MetricWriter(tmp_path, tensorboard=False)
+    assert path.read_text() == damaged  # untouched
+
+
+def test_a_resumed_phase_drops_its_records_past_the_checkpoint(tmp_path, caplog):
+    with MetricWriter(tmp_path, tensorboard=False) as writer:
+        for step in range(1, 6):
+            writer.write(step, {"loss": float(step)}, "sft")
+            if step % 2 == 0:
+                writer.write(step, {"acc": 0.5}, "sft_eval")
+            writer.write(step, {"loss": float(step)}, "orm")  # another phase: kept whole
+    path = tmp_path / "metrics.jsonl"
+    before = path.read_text().splitlines(keepends=True)
+    with caplog.at_level("WARNING"):
+        writer = MetricWriter(tmp_path, resume_step=3, phases=("sft", "sft_eval"))
+    writer.close()
+    assert "dropped 3 record(s) of sft/sft_eval past step 3" in caplog.text
+    kept = [line for line in before if not ('"sft' in line and json.loads(line)["step"] > 3)]
+    assert path.read_text() == "".join(kept)  # the rest byte for byte
+    assert [r["step"] for r in read_metrics(tmp_path, "sft")] == [1, 2, 3]
+    assert [r["step"] for r in read_metrics(tmp_path, "sft_eval")] == [2]
+    assert [r["step"] for r in read_metrics(tmp_path, "orm")] == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="resume_step needs the phases"):
+        MetricWriter(tmp_path, resume_step=3)

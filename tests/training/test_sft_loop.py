@@ -150,6 +150,50 @@ def test_preempted_then_resumed_in_process_equals_uninterrupted(tmp_path):
     assert steps == list(range(1, 9))
 
 
+class _DieAt(ToyBatches):
+    """Toy data whose process "dies" (an exception nothing catches) at batch `at`."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def __next__(self):
+        if self.position == self.at:
+            raise KeyboardInterrupt("killed")
+        return super().__next__()
+
+
+def _comparable(records):
+    return [(r["step"], r["phase"], r.get("loss"), r.get("seen")) for r in records]
+
+
+def test_a_crash_after_a_checkpoint_leaves_the_metrics_of_an_uninterrupted_run(tmp_path):
+    """Records written after the last checkpoint (steps 4 and 5) are written again on
+    resume, and a line cut off mid-write by the crash is dropped: neither stays behind."""
+    args = dict(
+        optimizer_config=_opt(100),
+        num_steps=8,
+        seed=3,
+        checkpoint_every=3,
+        eval_fn=lambda params, step: {"seen": step},
+        eval_every=2,
+        show_progress=False,
+    )
+    train_sft(CONFIG, _params(), ToyBatches, workdir=tmp_path / "a", **args)
+    with pytest.raises(KeyboardInterrupt):  # while fetching batch 6: after step 5 is logged
+        train_sft(CONFIG, _params(), lambda: _DieAt(6), workdir=tmp_path / "b", **args)
+    path = tmp_path / "b" / "metrics.jsonl"
+    assert [r["step"] for r in read_metrics(tmp_path / "b", "sft")] == [1, 2, 3, 4, 5]
+    with path.open("a") as f:
+        f.write('{"step": 6, "phase": "sft", "loss": 0.')  # the last write, cut off
+    train_sft(CONFIG, _params(), ToyBatches, workdir=tmp_path / "b", **args)
+    straight, resumed = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [r["step"] for r in resumed if r["phase"] == "sft"] == list(range(1, 9))
+    assert [r["step"] for r in resumed if r["phase"] == "sft_eval"] == [2, 4, 6, 8]
+    assert _comparable(resumed) == _comparable(straight)
+    assert [set(r) for r in resumed] == [set(r) for r in straight]
+
+
 def _start(workdir, *extra):
     return subprocess.Popen(
         [
