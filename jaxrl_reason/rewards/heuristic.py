@@ -17,6 +17,8 @@ Dense heuristic (paper §3, prototype in Dahoas/trlx, rewritten with explicit pl
 - The reward sits at the END of the line holding the annotation: the character offset
   of the next newline, or `len(completion)` on the last line. Several matches on one
   line give several entries at the same offset.
+- Time is linear in the lengths of both texts: unused reference results are counted by
+  value in a hash map, and each line end is searched for once.
 
 `char_offsets_to_token_positions` maps those character offsets to token indices so a
 per-token reward array can be filled; `token_char_ends` in `jaxrl_reason.data.tokenizer`
@@ -26,6 +28,7 @@ computes its input.
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
 
@@ -88,19 +91,28 @@ def reference_step_values(reference: str) -> list[Fraction]:
 
 
 def dense_reward(completion: str, reference: str) -> list[tuple[int, float]]:
-    """Per-step rewards `(char_offset, value)` for `completion` against `reference`."""
+    """Per-step rewards `(char_offset, value)` for `completion` against `reference`.
+
+    Linear in the lengths: unused reference results are counted by value in a hash map
+    (equal `Fraction`s hash equally), and each line end is searched for once, because
+    annotations come in text order.
+    """
     if not isinstance(completion, str) or not isinstance(reference, str):
         return []
-    remaining = reference_step_values(reference)
-    if not remaining:
+    reference_values = reference_step_values(reference)
+    if not reference_values:
         return []
-    per_step = 1.0 / (len(remaining) + 1)
+    remaining = Counter(reference_values)
+    per_step = 1.0 / (len(reference_values) + 1)
     rewards = []
+    line_end = -1
     for value, end in _step_values(completion):
-        if value in remaining:
-            remaining.remove(value)
-            line_end = completion.find("\n", end)
-            rewards.append((line_end if line_end >= 0 else len(completion), per_step))
+        if remaining.get(value, 0) > 0:
+            remaining[value] -= 1
+            if line_end < end:  # not on the line of the previous match
+                line_end = completion.find("\n", end)
+                line_end = line_end if line_end >= 0 else len(completion)
+            rewards.append((line_end, per_step))
     return rewards
 
 

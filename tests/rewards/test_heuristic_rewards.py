@@ -2,11 +2,15 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from jaxrl_reason.rewards import heuristic
 from jaxrl_reason.rewards.heuristic import (
     char_offsets_to_token_positions,
     dense_reward,
     dense_reward_per_token,
+    reference_step_values,
     sparse_reward,
 )
 
@@ -49,6 +53,88 @@ def test_dense_reward_ignores_wrong_arithmetic_and_unmatched_values():
 def test_dense_reward_without_reference_steps():
     assert dense_reward("<<1+1=2>>2", "#### 2") == []
     assert dense_reward("no steps", REFERENCE) == []
+
+
+def _dense_reward_slow(completion, reference):
+    """The obvious algorithm: a list of unused results, a newline search per match."""
+    remaining = reference_step_values(reference)
+    if not remaining:
+        return []
+    per_step = 1.0 / (len(remaining) + 1)
+    rewards = []
+    for value, end in heuristic._step_values(completion):
+        if value in remaining:
+            remaining.remove(value)
+            line_end = completion.find("\n", end)
+            rewards.append((line_end if line_end >= 0 else len(completion), per_step))
+    return rewards
+
+
+_PIECES = st.sampled_from(
+    ["<<3+4=7>>7", "<<1+6=7>>7", "<<2*7=14>>14", "<<0.5*4=2>>2", "<<1/2=0.5>>0.5"]
+    + ["<<2+2=5>>5", "<<7*2=14.0>>14", "<<x=3>>3", "<<3>>", "\n", " ", "ok", "#### 14"]
+)
+
+
+@given(st.lists(_PIECES, max_size=30), st.lists(_PIECES, max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_dense_reward_equals_the_slow_reference(completion, reference):
+    completion, reference = "".join(completion), "".join(reference)
+    assert dense_reward(completion, reference) == _dense_reward_slow(completion, reference)
+
+
+class _Counted:
+    """A step value that counts the equality tests made on it (a hash-map lookup needs
+    about one; a search of a list of unused results needs one per element)."""
+
+    comparisons = 0
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self):
+        return hash(self.value)
+
+    def __eq__(self, other):
+        _Counted.comparisons += 1
+        return self.value == other.value
+
+
+class _TallyStr(str):
+    """A string that adds up how many characters its `find` calls scan."""
+
+    scanned = 0
+
+    def find(self, sub, start=0, *args):
+        found = super().find(sub, start, *args)
+        _TallyStr.scanned += (found if found >= 0 else len(self)) - start
+        return found
+
+
+def test_dense_reward_matching_is_linear(monkeypatch):
+    # Structural, not timed: n reference results and 2n completion steps (half of them
+    # matching, in reverse order) cost O(n) equality tests, not O(n^2).
+    n = 2000
+    reference_values = [_Counted(i) for i in range(n)]
+    steps = [(_Counted(v), end) for end, v in enumerate(reversed(range(-n, n)))]
+    monkeypatch.setattr(heuristic, "reference_step_values", lambda _: reference_values)
+    monkeypatch.setattr(heuristic, "_step_values", lambda _: steps)
+    _Counted.comparisons = 0
+    rewards = dense_reward("\n" * (2 * n), "reference")
+    assert len(rewards) == n
+    assert _Counted.comparisons <= 4 * 3 * n
+
+
+def test_dense_reward_searches_each_line_end_once():
+    # n matching annotations on one line: each must not search again for the line end.
+    n = 2000
+    annotations = [f"<<{i}+1={i + 1}>>" for i in range(n)]
+    reference = "\n".join(annotations)
+    completion = _TallyStr(" ".join(reversed(annotations)) + " done\n#### 1")
+    _TallyStr.scanned = 0
+    rewards = dense_reward(completion, reference)
+    assert len(rewards) == n and {c for c, _ in rewards} == {completion.index("\n")}
+    assert _TallyStr.scanned <= 2 * len(completion)
 
 
 def test_char_offsets_to_token_positions():
