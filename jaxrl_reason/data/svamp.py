@@ -109,15 +109,34 @@ def _svamp_path(data_dir_or_file: str | os.PathLike) -> Path:
     return path
 
 
+def _read_items(path: Path) -> list[dict]:
+    """SVAMP.json's list of items; a file that is not UTF-8 JSON raises naming `file:line`."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8, "
+            "or copy SVAMP.json again from https://github.com/arkilpatel/SVAMP"
+        ) from None
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path}:{e.lineno}: malformed JSON ({e.msg}); restore the file or copy it again"
+        ) from None
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ValueError(f"{path}: expected a JSON list of objects (SVAMP.json); {SVAMP_HOWTO}")
+    return items
+
+
 def load_svamp(data_dir_or_file: str | os.PathLike, split: str = "all") -> list[Example]:
     """Loads SVAMP.json (a file or its directory) as `Example`s of one split."""
     if split not in SVAMP_SPLITS:
         raise ValueError(f"unknown SVAMP split {split!r}; choose one of {SVAMP_SPLITS}")
     path = _svamp_path(data_dir_or_file)
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    items = _read_items(path)
     examples = []
     for i, item in enumerate(items):
         try:

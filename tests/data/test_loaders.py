@@ -24,6 +24,47 @@ def test_gsm8k_malformed_line_names_file_and_line(tmp_path):
         load_gsm8k(tmp_path, "train")
 
 
+def _gsm8k_file(tmp_path, *lines):
+    (tmp_path / "train.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+
+
+def _record(answer, question="q"):
+    return json.dumps({"question": question, "answer": answer}).encode()
+
+
+@pytest.mark.parametrize("gold", ["", "twelve", "inf", "NaN", "1e999999", "18 apples", "2^10"])
+def test_gsm8k_ungradable_gold_answer_names_file_and_line(tmp_path, gold):
+    _gsm8k_file(tmp_path, _record("a\n#### 1"), b"", _record(f"a\n#### {gold}"))
+    with pytest.raises(ValueError, match=r"train\.jsonl:3: gold answer .* is not a number") as info:
+        load_gsm8k(tmp_path, "train")
+    assert "#### 18" in str(info.value)  # says what to write instead
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        (_record("no marker"), "no '#### answer' line"),
+        (json.dumps({"question": "q"}).encode(), "lacks string 'question' and 'answer'"),
+        (json.dumps({"question": 1, "answer": "#### 1"}).encode(), "lacks string"),
+        (b"[1, 2]", "expected a JSON object"),
+        (b"not json", "malformed JSON line"),
+        (_record("caf\u00e9 #### 1").replace(b"\\u00e9", b"\xe9"), "not UTF-8 text"),
+    ],
+)
+def test_gsm8k_bad_line_names_file_and_line(tmp_path, line, problem):
+    _gsm8k_file(tmp_path, _record("a\n#### 1"), line)
+    with pytest.raises(ValueError, match=r"train\.jsonl:2: ") as info:
+        load_gsm8k(tmp_path, "train")
+    assert problem in str(info.value)
+
+
+def test_gsm8k_gold_answer_follows_the_first_hash_like_the_grader(tmp_path):
+    _gsm8k_file(tmp_path, _record("a\n#### 1,000\nnote\n#### 7"), _record("#### -2.50"))
+    first, second = load_gsm8k(tmp_path, "train")
+    assert first.answer == extract_answer(first.solution) == "1000"
+    assert second.answer == "-2.5"
+
+
 def test_gsm8k_missing_file_says_how_to_get_it(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         load_gsm8k(tmp_path, "test")
@@ -73,6 +114,19 @@ def test_svamp_solution_format():
 )
 def test_svamp_join_question(body, question, expected):
     assert join_question(body, question) == expected
+
+
+def test_svamp_not_utf8_names_file_and_line(tmp_path):
+    (tmp_path / "SVAMP.json").write_bytes(b'[\n{"Body": "caf\xe9"}\n]')
+    with pytest.raises(ValueError, match=r"SVAMP\.json:2: not UTF-8 text .*re-save"):
+        load_svamp(tmp_path)
+
+
+@pytest.mark.parametrize("text", ['{"a": 1}', "[1, 2]"])
+def test_svamp_not_a_list_of_items(tmp_path, text):
+    (tmp_path / "SVAMP.json").write_text(text)
+    with pytest.raises(ValueError, match=r"SVAMP\.json: expected a JSON list of objects"):
+        load_svamp(tmp_path)
 
 
 def test_svamp_missing_file(tmp_path):
