@@ -4,7 +4,8 @@ An experiment is a list of `.gin` files (`include "model/tiny.gin"` resolves aga
 repository's `configs/` folder and the working directory) plus command-line bindings.
 gin's own errors (unknown configurable, bad syntax, missing include) come back as one
 `ValueError` that names the file (or the binding) and the line, so a typo in a sweep file
-points at itself.
+points at itself. A file that binds nothing (only comments and blank lines) is refused:
+it would start a full default run.
 """
 
 from __future__ import annotations
@@ -117,6 +118,21 @@ def _config_error(source: str, error: BaseException, search_paths: Sequence[str]
     return ValueError(f"{header}: {message}")
 
 
+def check_binds_something(path: pathlib.Path) -> None:
+    """Refuse a config file with no statement (only comments and blank lines): run with
+    it, `train` would start an hours-long run of every default, which is never meant."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return  # gin's own reader reports it
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+        raise ValueError(
+            f"{path} binds nothing (only comments and blank lines), so it would start a "
+            "full run of every default; add bindings or an `include` (e.g. "
+            "'experiments/demo.gin'), or run `jaxrl-reason demo` for the built-in defaults"
+        )
+
+
 def parse_config(
     config_files: Sequence[str],
     bindings: Sequence[str] = (),
@@ -126,7 +142,8 @@ def parse_config(
 
     Files and `include`s are looked up as given, then under `search_paths` (default:
     the repository's `configs/` folder, then the working directory). Bindings are
-    `--gin_param` strings such as `"model_config.preset = 'small_50m'"`.
+    `--gin_param` strings such as `"model_config.preset = 'small_50m'"`. A file that
+    binds nothing is refused (`check_binds_something`).
     """
     import_configurables()
     search_paths = default_search_paths() if search_paths is None else tuple(search_paths)
@@ -134,6 +151,7 @@ def parse_config(
     gin.clear_config()
     for name in config_files:
         path = resolve_config_file(name, search_paths)
+        check_binds_something(path)
         try:
             gin.parse_config_file(str(path))
         except _GIN_ERRORS as error:

@@ -2,6 +2,7 @@
 
 import math
 import pathlib
+import re
 
 import flax.linen as nn
 import gin
@@ -151,6 +152,18 @@ def test_bad_binding_names_the_binding():
         configuration.parse_config(
             ["model/tiny.gin"], ["model_config.num_layers = 2", "nothing_here.x = 1"]
         )
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n", "# only a comment\n\n  # and another\n"])
+def test_a_file_that_binds_nothing_is_refused(tmp_path, text):
+    path = tmp_path / "empty.gin"
+    path.write_text(text)
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(path))} binds nothing .*jaxrl-reason demo"
+    ):
+        configuration.parse_config([str(path)])
+    path.write_text(text + "model_config.num_layers = 2  # one binding is enough\n")
+    configuration.parse_config([str(path)])
 
 
 def test_missing_file_is_a_value_error():

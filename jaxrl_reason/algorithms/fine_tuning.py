@@ -24,6 +24,7 @@ from jaxrl_reason.data.prompts import PromptFormat
 from jaxrl_reason.parallel import batch_shards
 from jaxrl_reason.training.optimizer import phase_optimizer
 from jaxrl_reason.training.sft_loop import train_sft
+from jaxrl_reason.validation import POSITIVE, setting
 
 T = TypeVar("T")
 
@@ -32,23 +33,15 @@ T = TypeVar("T")
 class SampleFineTuneConfig(RolloutConfig):
     """Settings of a sample-then-fine-tune method (the fields EI's and RCRL's share)."""
 
-    num_rounds: int = 4
-    questions_per_round: int | None = None  # None: every training question
-    epochs_per_round: float = 2.0
-    batch_size: int = 32
-    max_len: int = 512
-    length_multiple: int | None = 64
+    num_rounds: int = setting(4, POSITIVE)
+    questions_per_round: int | None = setting(None, POSITIVE)  # None: every training question
+    epochs_per_round: float = setting(2.0, POSITIVE)
+    batch_size: int = setting(32, POSITIVE)
+    max_len: int = setting(512, POSITIVE)
+    length_multiple: int | None = setting(64, POSITIVE)  # None: no padding to a multiple
     retrain_from_initial: bool = True
-    learning_rate: float | None = None  # fine-tuning rate per round; None: the optimizer's
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        required = ("num_rounds", "epochs_per_round", "batch_size", "max_len")
-        optional = ("questions_per_round", "length_multiple", "learning_rate")  # None: off
-        for field in (*required, *optional):
-            value = getattr(self, field)
-            if (value is not None or field in required) and not value > 0:
-                raise ValueError(f"{type(self).__name__}.{field} must be > 0, got {value}")
+    # fine-tuning rate per round; None: the optimizer's
+    learning_rate: float | None = setting(None, POSITIVE)
 
 
 def sampling_plan(

@@ -73,6 +73,7 @@ from jaxrl_reason.training.train_step import (
     model_param_shardings,
     shard_batch,
 )
+from jaxrl_reason.validation import NON_NEGATIVE, POSITIVE, setting
 
 GRPO_VARIANTS = ("grpo", "dr_grpo", "rloo", "gspo", "dapo")
 TITLES = {"grpo": "GRPO", "dr_grpo": "Dr.GRPO", "rloo": "RLOO", "gspo": "GSPO", "dapo": "DAPO"}
@@ -123,7 +124,7 @@ class GRPOConfig(RolloutConfig):
     prompts_per_iteration: int = 32  # groups per training batch
     epochs_per_iteration: int = 1  # mu: passes over each batch of rollouts
     minibatch_size: int = 64  # rows (samples) per update
-    learning_rate: float | None = None  # None: the optimizer's
+    learning_rate: float | None = setting(None, POSITIVE)  # None: the optimizer's
     normalize_std: bool | None = None
     leave_one_out: bool | None = None
     ratio_level: str | None = None  # "token" or "sequence" (GSPO)
@@ -134,12 +135,14 @@ class GRPOConfig(RolloutConfig):
     dynamic_sampling: bool | None = None  # DAPO: train on informative groups only
     max_sampling_rounds: int = 4  # extra draws dynamic sampling may make per iteration
     overlong_buffer: int | None = None  # DAPO's L_cache in tokens; 0: no length penalty
-    overlong_penalty: float = 1.0  # the penalty at the budget (DAPO: 1)
+    # the penalty at the budget (DAPO: 1)
+    overlong_penalty: float = setting(1.0, NON_NEGATIVE)
     mask_truncated: bool | None = None  # samples that hit the budget get no loss
     advantage_eps: float = 1e-6
     recompute_logprobs: bool = False  # True: old log-probs from a forward pass
-    length_multiple: int = 32
-    eval_every: int = 0  # iterations between greedy maj@1 evaluations; 0: none
+    length_multiple: int = setting(32, POSITIVE)
+    # iterations between greedy maj@1 evaluations; 0: none
+    eval_every: int = setting(0, NON_NEGATIVE)
     checkpoint_every: int = 1
 
     def setting(self, name: str) -> Any:
@@ -155,7 +158,7 @@ class GRPOConfig(RolloutConfig):
         return dataclasses.replace(self, **{f: self.setting(f) for f in VARIANT_FIELDS})
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        super().__post_init__()  # types and declared ranges; the rest, as before:
         if self.variant not in GRPO_VARIANTS:
             raise ValueError(f"GRPOConfig: variant={self.variant!r} is not one of {GRPO_VARIANTS}")
         get, problems = self.setting, []

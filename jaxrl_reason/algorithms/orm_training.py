@@ -44,6 +44,7 @@ from jaxrl_reason.sampling.rollouts import Rollouts
 from jaxrl_reason.training.metrics_writer import read_metrics
 from jaxrl_reason.training.optimizer import phase_optimizer
 from jaxrl_reason.training.sft_loop import train_sft
+from jaxrl_reason.validation import POSITIVE, setting
 
 PHASE = "orm"
 
@@ -51,27 +52,12 @@ PHASE = "orm"
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class ORMConfig(RolloutConfig):
-    num_questions: int | None = None  # None: every training question
-    epochs: float = 2.0
-    batch_size: int = 32
-    length_multiple: int = 64
-    learning_rate: float | None = None  # None: the optimizer's
+    num_questions: int | None = setting(None, POSITIVE)  # None: every training question
+    epochs: float = setting(2.0, POSITIVE)
+    batch_size: int = setting(32, POSITIVE)
+    length_multiple: int = setting(64, POSITIVE)
+    learning_rate: float | None = setting(None, POSITIVE)  # None: the optimizer's
     step_ends_only: bool = False  # label only step-end tokens (else every response token)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("batch_size", "length_multiple", "epochs"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"ORMConfig.{name} must be > 0, got {getattr(self, name)}")
-        if self.num_questions is not None and self.num_questions < 1:
-            raise ValueError(
-                f"ORMConfig.num_questions must be >= 1 or None (all), got {self.num_questions}"
-            )
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ValueError(
-                f"ORMConfig.learning_rate must be > 0 or None (the optimizer's), "
-                f"got {self.learning_rate}"
-            )
 
 
 @dataclasses.dataclass(frozen=True)

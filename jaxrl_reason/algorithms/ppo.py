@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_reason.algorithms.actor_critic import ActorCritic
+from jaxrl_reason.algorithms.actor_critic import CRITICS, ActorCritic
 from jaxrl_reason.algorithms.advantages import gae, token_rewards, whiten
 from jaxrl_reason.algorithms.kl_control import (
     AdaptiveKLController,
@@ -56,6 +56,7 @@ from jaxrl_reason.sampling.rollouts import Rollouts
 from jaxrl_reason.training.optimizer import OptimizerConfig, make_optimizer, phase_optimizer
 from jaxrl_reason.training.train_state import init_train_state
 from jaxrl_reason.training.train_step import make_train_step, shard_batch
+from jaxrl_reason.validation import NON_NEGATIVE, POSITIVE, setting
 
 PPO_REWARDS = ("sparse", "dense", "orm", "dense_orm")
 
@@ -71,29 +72,32 @@ class PPOConfig(RolloutConfig):
     prompts_per_iteration: int = 64
     epochs_per_iteration: int = 4
     minibatch_size: int = 16
-    learning_rate: float | None = None  # None: the optimizer's
+    learning_rate: float | None = setting(None, POSITIVE)  # None: the optimizer's
     gamma: float = 1.0
     lam: float = 0.95
     clip_ratio: float = 0.2
-    value_clip: float | None = 0.2
-    vf_coef: float = 1.0
+    value_clip: float | None = setting(0.2, POSITIVE)  # None: no value clipping
+    vf_coef: float = setting(1.0, NON_NEGATIVE)
     entropy_coef: float = 0.0
     loss_aggregation: str = "token_mean"  # policy_gradient.LOSS_AGGREGATIONS
     kl_coef: float = 0.05
-    kl_target: float | None = None  # set: adaptive controller (Ziegler et al.)
-    kl_horizon: float = 10000.0
+    # set: adaptive controller (Ziegler et al.)
+    kl_target: float | None = setting(None, POSITIVE)
+    kl_horizon: float = setting(10000.0, POSITIVE)
     kl_kind: str = "k1"
     whiten_advantages: bool = True
     scale_rewards: bool = True  # divide by the running std of returns, clip
-    reward_clip: float = 10.0
-    critic: str = "shared"  # "shared" trunk or "separate" critic
+    reward_clip: float = setting(10.0, POSITIVE)
+    # "shared" trunk or "separate" critic
+    critic: str = setting("shared", choices=CRITICS)
     recompute_logprobs: bool = False  # True: old log-probs from a forward pass
-    length_multiple: int = 32
-    eval_every: int = 0  # iterations between greedy maj@1 evaluations; 0: none
+    length_multiple: int = setting(32, POSITIVE)
+    # iterations between greedy maj@1 evaluations; 0: none
+    eval_every: int = setting(0, NON_NEGATIVE)
     checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        super().__post_init__()  # types and declared ranges; the rest, as before:
         problems = []
         if self.reward not in PPO_REWARDS:
             problems.append(f"reward={self.reward!r} is not one of {PPO_REWARDS}")

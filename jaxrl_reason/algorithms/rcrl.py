@@ -55,6 +55,7 @@ from jaxrl_reason.data.prompts import PromptFormat
 from jaxrl_reason.evaluation.evaluate import Scorer
 from jaxrl_reason.rewards.heuristic import sparse_reward
 from jaxrl_reason.sampling.rollouts import Rollouts
+from jaxrl_reason.validation import at_least, setting
 
 # question id -> distinct (return token, solution) pairs, in the order found
 Dataset = dict[str, list[tuple[str, str]]]
@@ -65,15 +66,9 @@ _SCORE_TOL = 1e-6  # scores a hair outside [0, 1] (float error) are fine; logits
 @dataclasses.dataclass(frozen=True)
 class RCRLConfig(SampleFineTuneConfig):
     num_rounds: int = 2
-    num_bins: int = 2  # 2: [BAD]/[GOOD]; more: [SCORE_0] .. [SCORE_{n-1}]
+    # 2: [BAD]/[GOOD]; more: [SCORE_0] .. [SCORE_{n-1}]
+    num_bins: int = setting(2, at_least(2), hint="2 gives [BAD]/[GOOD]")
     include_references: bool = True  # reference solutions as best-return examples
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.num_bins < 2:
-            raise ValueError(
-                f"RCRLConfig.num_bins must be >= 2 (2 gives [BAD]/[GOOD]), got {self.num_bins}"
-            )
 
 
 def conditioned_format(prompt_format: PromptFormat, token: str) -> PromptFormat:

@@ -13,32 +13,27 @@ import numpy as np
 from jaxrl_reason.algorithms.policy import Policy
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.sampling import SamplingConfig
+from jaxrl_reason.validation import NON_NEGATIVE, POSITIVE, setting, validate
 
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
     """How an algorithm samples its rollouts: the settings every RL method's config has.
 
-    Subclasses add their own fields (and may change these defaults) and validate them in
-    their own `__post_init__`, after calling this one.
+    Subclasses add their own fields (and may change these defaults; a changed default
+    keeps the range declared here). This `__post_init__` checks every field of the
+    subclass too (`validation.validate`: types, and the ranges declared with `setting`);
+    a subclass's own `__post_init__` calls it first, then checks how its fields relate.
     """
 
-    num_samples: int = 4  # K samples per question
-    temperature: float = 0.7
-    max_new_tokens: int = 256
-    prompts_per_call: int = 64  # questions per sampler call (x K rows)
-    seed: int = 0
+    num_samples: int = setting(4, POSITIVE)  # K samples per question
+    temperature: float = setting(0.7, NON_NEGATIVE, hint="0 = greedy")
+    max_new_tokens: int = setting(256, POSITIVE)
+    prompts_per_call: int = setting(64, POSITIVE)  # questions per sampler call (x K rows)
+    seed: int = setting(0, NON_NEGATIVE)
 
     def __post_init__(self) -> None:
-        for field in ("num_samples", "max_new_tokens", "prompts_per_call"):
-            if not getattr(self, field) > 0:
-                raise ValueError(
-                    f"{type(self).__name__}.{field} must be > 0, got {getattr(self, field)}"
-                )
-        if self.temperature < 0:
-            raise ValueError(
-                f"{type(self).__name__}.temperature must be >= 0, got {self.temperature}"
-            )
+        validate(self)
 
     def sampling(self, policy: Policy) -> SamplingConfig:
         return policy.sampling_config(self.num_samples, self.temperature, self.max_new_tokens)

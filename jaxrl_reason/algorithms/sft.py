@@ -22,6 +22,7 @@ from jaxrl_reason.parallel import batch_shards
 from jaxrl_reason.training.metrics_writer import read_metrics
 from jaxrl_reason.training.optimizer import OptimizerConfig, phase_optimizer
 from jaxrl_reason.training.sft_loop import train_sft
+from jaxrl_reason.validation import NON_NEGATIVE, POSITIVE, setting, validate
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,16 @@ log = logging.getLogger(__name__)
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
-    num_epochs: float = 3.0
-    batch_size: int = 32
-    max_len: int = 512
-    length_multiple: int | None = 64
+    num_epochs: float = setting(3.0, POSITIVE)
+    batch_size: int = setting(32, POSITIVE)  # also a multiple of the mesh's batch shards
+    max_len: int = setting(512, POSITIVE)
+    length_multiple: int | None = setting(64, POSITIVE)  # None: no padding to a multiple
     evaluate_each_epoch: bool = True
-    checkpoint_every: int = 200
-    seed: int = 0
+    checkpoint_every: int = setting(200, POSITIVE)
+    seed: int = setting(0, NON_NEGATIVE)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def run_sft(

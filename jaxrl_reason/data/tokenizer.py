@@ -12,8 +12,18 @@ from __future__ import annotations
 
 import abc
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+from jaxrl_reason.validation import NON_NEGATIVE, POSITIVE, check_value
+
+# sentencepiece's own (RuntimeError) words for a vocabulary the text cannot fill, one too
+# small for the pieces it must hold, and no text at all.
+_SP_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+_SP_TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
+_SP_NO_TEXT = "!sentences_.empty()"
+_DATA_DIR_TASKS = {"gsm8k": "train.jsonl and test.jsonl", "svamp": "SVAMP.json"}
 
 
 class Tokenizer(abc.ABC):
@@ -186,8 +196,14 @@ def train_sentencepiece(
     whitespace is kept, so newlines survive as the byte token `<0x0A>` (texts are
     split into lines for training, since sentencepiece trains on single lines).
     `user_defined_symbols` (e.g. RCRL's `[GOOD]`, `[BAD]`) are always single pieces.
+
+    The model has exactly `vocab_size` pieces: a size the text cannot fill (too few
+    distinct merges) or one smaller than the pieces it must hold is a ValueError that
+    says the size to use, never a silently smaller vocabulary.
     """
     import sentencepiece as spm
+
+    vocab_size = check_value("vocab_size", vocab_size, int, POSITIVE)
 
     def lines() -> Iterator[str]:
         for text in texts:
@@ -197,26 +213,47 @@ def train_sentencepiece(
 
     model_prefix = Path(model_prefix)
     model_prefix.parent.mkdir(parents=True, exist_ok=True)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=lines(),
-        model_prefix=str(model_prefix),
-        vocab_size=vocab_size,
-        model_type=model_type,
-        pad_id=0,
-        unk_id=1,
-        bos_id=2,
-        eos_id=3,
-        byte_fallback=True,
-        split_digits=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        user_defined_symbols=list(user_defined_symbols),
-        character_coverage=character_coverage,
-        hard_vocab_limit=False,
-        num_threads=2,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines(),
+            model_prefix=str(model_prefix),
+            vocab_size=vocab_size,
+            model_type=model_type,
+            pad_id=0,
+            unk_id=1,
+            bos_id=2,
+            eos_id=3,
+            byte_fallback=True,
+            split_digits=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            user_defined_symbols=list(user_defined_symbols),
+            character_coverage=character_coverage,
+            hard_vocab_limit=True,  # refuse a size the text cannot fill (below), never cut it
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as error:
+        raise _vocab_error(str(error), vocab_size) from error
     return SentencePieceTokenizer(f"{model_prefix}.model")
+
+
+def _vocab_error(message: str, vocab_size: int) -> Exception:
+    """sentencepiece's failure as a one-line ValueError saying what to change."""
+    if high := _SP_TOO_HIGH.search(message):
+        return ValueError(
+            f"vocab_size={vocab_size} is more than the training text supports: it makes at "
+            f"most {high[2]} pieces; lower vocab_size to <= {high[2]} or train on more text"
+        )
+    if small := _SP_TOO_SMALL.search(message):
+        return ValueError(
+            f"vocab_size={vocab_size} is too small: the tokenizer needs {small[2]} pieces "
+            f"(ids, 256 bytes, user symbols and the text's characters); raise vocab_size "
+            f"to >= {small[2]}"
+        )
+    if _SP_NO_TEXT in message:
+        return ValueError("no text to train the tokenizer on (every text was empty)")
+    return RuntimeError(f"sentencepiece training failed: {message}")
 
 
 def train_tokenizer_for_task(
@@ -231,11 +268,22 @@ def train_tokenizer_for_task(
     """Trains a tokenizer on a task's train questions and solutions (and prompt text).
 
     `out_path` is the `.model` file to write (a `.model` suffix is added if missing);
-    `task_kwargs` go to `load_task` (e.g. `data_dir=` for gsm8k/svamp).
+    `task_kwargs` go to `load_task` (e.g. `data_dir=` for gsm8k/svamp). Bad arguments
+    (a vocabulary the examples cannot fill among them) are refused before or instead of
+    writing anything, with the value to use.
     """
     from jaxrl_reason.data.prompts import zero_shot
     from jaxrl_reason.data.tasks import load_task
 
+    check_value("vocab_size", vocab_size, int, POSITIVE)
+    check_value("num_examples", num_examples, int, POSITIVE)
+    check_value("seed", seed, int, NON_NEGATIVE)
+    check_value("user_defined_symbols", user_defined_symbols, tuple[str, ...])
+    if task_name in _DATA_DIR_TASKS and task_kwargs.get("data_dir") is None:
+        raise ValueError(
+            f"task {task_name!r} reads its questions from files: pass data_dir (--data_dir "
+            f"on the command line), the folder with {_DATA_DIR_TASKS[task_name]}"
+        )
     if task_name == "arith":
         task_kwargs.setdefault("num_examples", num_examples)
         task_kwargs.setdefault("seed", seed)
@@ -244,9 +292,15 @@ def train_tokenizer_for_task(
     texts = [fmt.format(ex.question) + ex.solution for ex in examples]
     out_path = Path(out_path)
     prefix = out_path.with_suffix("") if out_path.suffix == ".model" else out_path
-    return train_sentencepiece(
-        texts, prefix, vocab_size=vocab_size, user_defined_symbols=user_defined_symbols
-    )
+    try:
+        return train_sentencepiece(
+            texts, prefix, vocab_size=vocab_size, user_defined_symbols=user_defined_symbols
+        )
+    except ValueError as error:
+        raise ValueError(
+            f"{task_name} tokenizer from {len(examples)} training examples: {error} "
+            "(--vocab_size; in a run, ModelSetup.tokenizer_vocab_size)"
+        ) from error
 
 
 def token_char_ends(tokenizer: Tokenizer, ids: Sequence[int]) -> list[int]:

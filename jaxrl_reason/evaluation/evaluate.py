@@ -29,6 +29,7 @@ from jaxrl_reason.evaluation.metrics import (
 from jaxrl_reason.rewards.grading import extract_answer
 from jaxrl_reason.sampling import SamplingConfig
 from jaxrl_reason.sampling.rollouts import sample_rollouts
+from jaxrl_reason.validation import NON_NEGATIVE, POSITIVE, setting, validate
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,14 @@ class EvalConfig:
     `num_samples=0` evaluates the greedy decode alone (maj@1), e.g. between EI rounds.
     """
 
-    num_samples: int = 16
-    temperature: float = 0.7
-    max_new_tokens: int = 256
-    prompts_per_call: int = 64
-    seed: int = 0
+    num_samples: int = setting(16, NON_NEGATIVE, hint="0 = the greedy decode alone")
+    temperature: float = setting(0.7, NON_NEGATIVE, hint="0 = greedy")
+    max_new_tokens: int = setting(256, POSITIVE)
+    prompts_per_call: int = setting(64, POSITIVE)
+    seed: int = setting(0, NON_NEGATIVE)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def greedy_only(cfg: EvalConfig) -> EvalConfig:

@@ -8,6 +8,8 @@ from typing import Any
 import gin
 import jax.numpy as jnp
 
+from jaxrl_reason.validation import POSITIVE, setting, validate
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -15,10 +17,13 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 class RopeScaling:
     """Llama-3.1 style frequency scaling ("rope_type": "llama3" in HF configs)."""
 
-    factor: float = 8.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
+    factor: float = setting(8.0, POSITIVE)
+    low_freq_factor: float = setting(1.0, POSITIVE)
+    high_freq_factor: float = setting(4.0, POSITIVE)
+    original_max_position_embeddings: int = setting(8192, POSITIVE)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @gin.configurable
@@ -30,35 +35,24 @@ class ModelConfig:
     are stored. Logits, norms, softmax and the heads are computed in float32.
     """
 
-    vocab_size: int = 1024
-    d_model: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 4
-    head_dim: int = 64
-    mlp_dim: int = 1024
-    max_seq_len: int = 2048
-    rope_theta: float = 10000.0
+    vocab_size: int = setting(1024, POSITIVE)
+    d_model: int = setting(256, POSITIVE)
+    num_layers: int = setting(4, POSITIVE)
+    num_heads: int = setting(4, POSITIVE)
+    num_kv_heads: int = setting(4, POSITIVE)
+    head_dim: int = setting(64, POSITIVE)
+    mlp_dim: int = setting(1024, POSITIVE)
+    max_seq_len: int = setting(2048, POSITIVE)
+    rope_theta: float = setting(10000.0, POSITIVE)
     rope_scaling: RopeScaling | None = None
-    norm_eps: float = 1e-5
+    norm_eps: float = setting(1e-5, POSITIVE)
     tie_embeddings: bool = False
-    dtype: str = "float32"
-    param_dtype: str = "float32"
+    dtype: str = setting("float32", choices=tuple(_DTYPES))
+    param_dtype: str = setting("float32", choices=tuple(_DTYPES))
     remat: bool = False
 
     def __post_init__(self) -> None:
-        for name in (
-            "vocab_size",
-            "d_model",
-            "num_layers",
-            "num_heads",
-            "num_kv_heads",
-            "head_dim",
-            "mlp_dim",
-            "max_seq_len",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        validate(self)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"ModelConfig.num_heads ({self.num_heads}) must be a multiple of "
@@ -66,11 +60,6 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in _DTYPES:
-                raise ValueError(
-                    f"ModelConfig.{name}={getattr(self, name)!r}; choose one of {sorted(_DTYPES)}"
-                )
 
     @property
     def compute_dtype(self) -> Any:

@@ -6,6 +6,10 @@ import dataclasses
 
 import gin
 
+from jaxrl_reason.validation import NON_NEGATIVE, POSITIVE, between, setting, validate
+
+_BUCKET = "a multiple to round up to, or 0 for the next power of two"
+
 
 def bucket_size(n: int, bucket: int) -> int:
     """Round `n` up to a multiple of `bucket`, or to the next power of two when `bucket` is 0.
@@ -49,49 +53,25 @@ class SamplingConfig:
       per chunk).
     """
 
-    num_samples: int = 1
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    eos_ids: tuple[int, ...] = ()
-    prompt_bucket: int = 32
-    generation_bucket: int = 32
-    batch_bucket: int = 0
-    decode_chunks: int = 4
+    num_samples: int = setting(1, POSITIVE, hint="K samples per prompt")
+    max_new_tokens: int = setting(256, POSITIVE)
+    temperature: float = setting(1.0, NON_NEGATIVE, hint="0 = greedy")
+    top_k: int = setting(0, NON_NEGATIVE, hint="0 = off")
+    top_p: float = setting(
+        1.0,
+        between(0, 1, open_low=True),
+        hint="1.0 = off; an empty nucleus cannot be sampled from",
+    )
+    eos_ids: tuple[int, ...] = setting((), NON_NEGATIVE)  # gin's lists become tuples
+    prompt_bucket: int = setting(32, NON_NEGATIVE, hint=_BUCKET)
+    generation_bucket: int = setting(32, NON_NEGATIVE, hint=_BUCKET)
+    batch_bucket: int = setting(0, NON_NEGATIVE, hint=_BUCKET)
+    decode_chunks: int = setting(4, POSITIVE)
 
     def __post_init__(self) -> None:
-        # gin hands lists; a frozen dataclass must hold a hashable tuple.
+        validate(self)
+        # numpy ids become ints: a frozen dataclass must hold a hashable tuple of ints.
         object.__setattr__(self, "eos_ids", tuple(int(i) for i in self.eos_ids))
-        if self.num_samples < 1:
-            raise ValueError(
-                f"SamplingConfig.num_samples={self.num_samples}: need at least "
-                "one sample per prompt (K >= 1)"
-            )
-        if self.max_new_tokens < 1:
-            raise ValueError(
-                f"SamplingConfig.max_new_tokens={self.max_new_tokens}: must be "
-                ">= 1 to generate anything"
-            )
-        if self.temperature < 0:
-            raise ValueError(
-                f"SamplingConfig.temperature={self.temperature}: must be >= 0 (0 = greedy)"
-            )
-        if self.top_k < 0:
-            raise ValueError(f"SamplingConfig.top_k={self.top_k}: must be >= 0 (0 = off)")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(
-                f"SamplingConfig.top_p={self.top_p}: must be in (0, 1] "
-                "(1.0 = off); an empty nucleus cannot be sampled from"
-            )
-        if self.decode_chunks < 1:
-            raise ValueError(f"SamplingConfig.decode_chunks={self.decode_chunks}: must be >= 1")
-        for name in ("prompt_bucket", "generation_bucket", "batch_bucket"):
-            if getattr(self, name) < 0:
-                raise ValueError(
-                    f"SamplingConfig.{name}={getattr(self, name)}: use a "
-                    "positive multiple, or 0 for powers of two"
-                )
 
     @property
     def greedy(self) -> bool:

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrl_reason.validation import FRACTION, NON_NEGATIVE, POSITIVE, between, setting, validate
+
 SCHEDULES = ("cosine", "constant", "linear")
 _NO_DECAY_SUFFIXES = ("scale", "bias")  # norm scales and head biases are not decayed
 
@@ -23,41 +25,24 @@ _NO_DECAY_SUFFIXES = ("scale", "bias")  # norm scales and head biases are not de
 class OptimizerConfig:
     """AdamW hyperparameters. `grad_clip_norm <= 0` disables clipping."""
 
-    learning_rate: float = 1e-5
-    warmup_steps: int = 0
-    total_steps: int = 1000
-    schedule: str = "cosine"
-    end_lr_fraction: float = 0.1
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    grad_clip_norm: float = 1.0
-    accumulation_steps: int = 1
+    learning_rate: float = setting(1e-5, NON_NEGATIVE)
+    warmup_steps: int = setting(0, NON_NEGATIVE)
+    total_steps: int = setting(1000, POSITIVE)
+    schedule: str = setting("cosine", choices=SCHEDULES)
+    end_lr_fraction: float = setting(0.1, FRACTION)
+    weight_decay: float = setting(0.0, NON_NEGATIVE)
+    b1: float = setting(0.9, between(0, 1, open_high=True))
+    b2: float = setting(0.95, between(0, 1, open_high=True))
+    eps: float = setting(1e-8, NON_NEGATIVE)
+    grad_clip_norm: float = 1.0  # <= 0: no clipping
+    accumulation_steps: int = setting(1, POSITIVE)
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"OptimizerConfig.schedule={self.schedule!r}; choose one of {SCHEDULES}"
-            )
-        if self.learning_rate < 0:
-            raise ValueError(
-                f"OptimizerConfig.learning_rate must be >= 0, got {self.learning_rate}"
-            )
-        if self.warmup_steps < 0:
-            raise ValueError(f"OptimizerConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.total_steps < max(self.warmup_steps, 1):
+        validate(self)
+        if self.total_steps < self.warmup_steps:
             raise ValueError(
                 f"OptimizerConfig.total_steps ({self.total_steps}) must be >= 1 and "
                 f">= warmup_steps ({self.warmup_steps})"
-            )
-        if not 0.0 <= self.end_lr_fraction <= 1.0:
-            raise ValueError(
-                f"OptimizerConfig.end_lr_fraction must be in [0, 1], got {self.end_lr_fraction}"
-            )
-        if self.accumulation_steps < 1:
-            raise ValueError(
-                f"OptimizerConfig.accumulation_steps must be >= 1, got {self.accumulation_steps}"
             )
 
     def replace(self, **changes: Any) -> OptimizerConfig:

@@ -9,6 +9,7 @@ from jaxrl_reason.data.tokenizer import (
     load_tokenizer,
     token_char_ends,
     train_sentencepiece,
+    train_tokenizer_for_task,
 )
 
 
@@ -47,7 +48,7 @@ def test_token_char_ends(arith_tokenizer):
 
 def test_sentencepiece_unigram_and_load(tmp_path):
     texts = [e.question for e in generate_arith("train", 500, seed=0)]
-    tok = train_sentencepiece(texts, tmp_path / "uni", vocab_size=400, model_type="unigram")
+    tok = train_sentencepiece(texts, tmp_path / "uni", vocab_size=350, model_type="unigram")
     again = load_tokenizer(tmp_path / "uni.model")
     assert isinstance(again, SentencePieceTokenizer)
     assert again.encode(texts[0]) == tok.encode(texts[0])
@@ -94,3 +95,48 @@ def test_hf_tokenizer_explicit_tokens_and_errors(tmp_path):
         load_tokenizer(tmp_path / "missing.model")
     with pytest.raises(ValueError, match="tokenizer type"):
         load_tokenizer(tmp_path / "vocab.txt")
+
+
+def test_a_vocabulary_the_text_cannot_fill_is_refused_with_the_largest_it_can(tmp_path):
+    # sentencepiece's soft limit would silently make fewer pieces than asked for.
+    with pytest.raises(ValueError) as info:
+        train_tokenizer_for_task("arith", tmp_path / "big.model", vocab_size=5000, num_examples=300)
+    message = str(info.value)
+    largest = int(message.split("lower vocab_size to <= ")[1].split()[0])
+    assert "arith tokenizer from 300 training examples" in message and "\n" not in message
+    assert not (tmp_path / "big.model").exists()
+    # The size it names is one the text does fill, exactly.
+    tok = train_tokenizer_for_task("arith", tmp_path / "ok.model", largest, num_examples=300)
+    assert tok.vocab_size == largest
+
+
+def test_a_vocabulary_too_small_for_the_pieces_is_refused(tmp_path):
+    texts = [e.question for e in generate_arith("train", 100, seed=0)]
+    with pytest.raises(
+        ValueError, match=r"vocab_size=100 is too small.*raise vocab_size to >= \d+"
+    ):
+        train_sentencepiece(texts, tmp_path / "small", vocab_size=100)
+    with pytest.raises(ValueError, match="no text to train the tokenizer on"):
+        train_sentencepiece(["", ""], tmp_path / "empty", vocab_size=300)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"task_name": "gsm8k"},
+            r"task 'gsm8k' reads its questions from files: pass data_dir \(--data_dir",
+        ),
+        ({"task_name": "svamp"}, r"pass data_dir \(--data_dir.*SVAMP.json"),
+        ({"vocab_size": 512.5}, "vocab_size must be an integer > 0, got 512.5"),
+        ({"vocab_size": 0}, "vocab_size must be > 0, got 0"),
+        ({"num_examples": 0}, "num_examples must be > 0, got 0"),
+        ({"num_examples": 10.0}, "num_examples must be an integer > 0"),
+        ({"user_defined_symbols": "[GOOD]"}, "user_defined_symbols must be a list of strings"),
+    ],
+)
+def test_bad_tokenizer_arguments_are_refused_up_front(tmp_path, kwargs, message):
+    kwargs = {"task_name": "arith", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        train_tokenizer_for_task(out_path=tmp_path / "t.model", **kwargs)
+    assert not (tmp_path / "t.model").exists()

@@ -31,6 +31,12 @@ def test_chunk_sizes_cover_the_length_nearly_evenly(length, chunks):
         ("top_k", -1, "top_k"),
         ("prompt_bucket", -2, "prompt_bucket"),
         ("decode_chunks", 0, "decode_chunks"),
+        ("temperature", math.nan, "SamplingConfig.temperature must be a finite number"),
+        ("top_p", math.nan, "SamplingConfig.top_p must be a finite number"),
+        ("top_k", 2.5, "SamplingConfig.top_k must be an integer >= 0"),
+        ("num_samples", 4.0, "SamplingConfig.num_samples must be an integer > 0"),
+        ("eos_ids", "2", "SamplingConfig.eos_ids must be a list of integers.*bare string"),
+        ("eos_ids", [2, 3.5], r"SamplingConfig.eos_ids\[1\] must be an integer"),
     ],
 )
 def test_bad_config_names_the_field(field, value, words):
