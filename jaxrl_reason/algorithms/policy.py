@@ -60,6 +60,7 @@ class Policy:
         examples: Sequence[Example],
         cfg: EvalConfig,
         scorer: Scorer | None = None,
+        show_progress: bool = False,
     ) -> dict[str, Any]:
         return evaluate_policy(
             self.text_sampler,
@@ -69,4 +70,5 @@ class Policy:
             self.tokenizer.eos_id,
             cfg,
             scorer,
+            show_progress,
         )

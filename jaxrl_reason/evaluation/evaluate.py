@@ -73,6 +73,12 @@ def sampling_config(
     )
 
 
+def _sampled_key(name: str, k: int) -> str:
+    """The numbered metric of K samples; maj@1 is the greedy decode's, so with K = 1 the
+    samples' majority (one sample's correctness) is read from pass@1."""
+    return "pass@1" if (name, k) == ("maj", 1) else f"{name}@{k}"
+
+
 def flat_summary(result: dict[str, Any]) -> dict[str, float]:
     """The scalar metrics of an evaluation result (CIs dropped), for histories and metrics."""
     return {k: float(v) for k, v in result["summary"].items() if not k.endswith("_ci")}
@@ -86,20 +92,32 @@ def evaluate_policy(
     eos_id: int,
     cfg: EvalConfig,
     scorer: Scorer | None = None,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of `params` on `examples`: a JSON-able dict (summary, curves, answers)."""
+    """Metrics of `params` on `examples`: a JSON-able dict (summary, curves, answers).
+
+    maj@1 is the greedy decode. With K = 1 sample, maj@K is that sample's correctness,
+    which is pass@1 (the greedy maj@1 is never overwritten by it).
+    """
     if not examples:
         raise ValueError("evaluate_policy: no examples to evaluate")
     rng = jax.random.key(cfg.seed)
     base = sampling_config(1, 0.0, cfg.max_new_tokens, eos_id)
-    sample = lambda sampling, key: sample_rollouts(
-        text_sampler, prompt_format, params, examples, sampling, key, cfg.prompts_per_call
+    sample = lambda sampling, key, desc: sample_rollouts(
+        text_sampler,
+        prompt_format,
+        params,
+        examples,
+        sampling,
+        key,
+        cfg.prompts_per_call,
+        progress=desc if show_progress else None,
     ).grouped()
-    greedy = sample(base, jax.random.fold_in(rng, 0))
+    greedy = sample(base, jax.random.fold_in(rng, 0), "greedy")
     samples: list[list[str]] = [[] for _ in examples]
     if cfg.num_samples:
         sampled = base.replace(num_samples=cfg.num_samples, temperature=cfg.temperature)
-        samples = sample(sampled, jax.random.fold_in(rng, 1))
+        samples = sample(sampled, jax.random.fold_in(rng, 1), f"{cfg.num_samples} samples")
     references = [ex.answer for ex in examples]
     greedy_answers = [extract_answer(g[0]) for g in greedy]
     sample_answers = [[extract_answer(s) for s in row] for row in samples if row]
@@ -111,13 +129,16 @@ def evaluate_policy(
     k = cfg.num_samples
     # Generic column names (maj@K ...) alongside the numbered ones, for tables.
     for name in ("maj", "pass", "rerank"):
-        if f"{name}@{k}" in summary:
-            summary[f"{name}@K"] = summary[f"{name}@{k}"]
-            summary[f"{name}@K_ci"] = summary[f"{name}@{k}_ci"]
+        numbered = _sampled_key(name, k)
+        if numbered in summary:
+            summary[f"{name}@K"] = summary[numbered]
+            summary[f"{name}@K_ci"] = summary[f"{numbered}_ci"]
     per_question: dict[str, Any] = {"id": [ex.id for ex in examples]}
     for name, values in columns.items():
         generic = name if name == "maj@1" else name.split("@")[0] + "@K"
         per_question[generic] = [int(v) for v in values]
+    if k == 1 and "pass@K" in per_question:
+        per_question["maj@K"] = per_question["pass@K"]
     if sample_answers:
         per_question["num_correct"] = [
             sum(answer_matches(a, r) for a in row) for row, r in zip(sample_answers, references)

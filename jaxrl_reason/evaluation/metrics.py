@@ -223,6 +223,8 @@ def per_question_columns(
     if sample_answers:
         k = min(len(a) for a in sample_answers)
         per_q = per_question_metrics(sample_answers, references, k, scores)
+        if k == 1:  # one sample's majority is its correctness, pass@1: maj@1 stays greedy
+            per_q.pop("maj")
         columns.update({f"{name}@{k}": v for name, v in per_q.items()})
     return columns
 

@@ -90,6 +90,14 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], k: int, baseline: str | No
     return "\n".join(lines)
 
 
+def table_note(k: int) -> str:
+    """What a table's columns measure: printed under every results table."""
+    return (
+        f"maj@1 is one greedy decode per question; maj@{k}, rerank@{k} and pass@{k} come "
+        f"from {k} sampled solutions per question. [a, b]: 95% bootstrap interval."
+    )
+
+
 def plot_accuracy_vs_samples(
     curves: Mapping[str, Sequence[tuple[int, float]]],
     path: str | os.PathLike,

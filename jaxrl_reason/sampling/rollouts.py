@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.prompts import PromptFormat
@@ -85,32 +86,42 @@ def sample_rollouts(
     cfg: SamplingConfig,
     rng: jax.Array,
     prompts_per_call: int = 64,
+    progress: str | None = None,
 ) -> Rollouts:
     """K = `cfg.num_samples` solutions per question, `prompts_per_call` prompts per call.
 
     Call n of the sampler uses `fold_in(rng, n)`, so a run's samples depend only on the
-    key, the questions and `prompts_per_call`.
+    key, the questions and `prompts_per_call`. `progress` names a progress bar over the
+    questions (on process 0; None: no bar).
     """
     if not examples:
         raise ValueError("sample_rollouts: no questions to sample")
     prompts = [prompt_format.format(ex.question) for ex in examples]
     k = cfg.num_samples
     rows: dict[str, list[Any]] = {"texts": [], "prompt_ids": [], "response_ids": [], "lp": []}
-    for n, start in enumerate(range(0, len(prompts), prompts_per_call)):
-        out = text_sampler.generate(
-            params,
-            prompts[start : start + prompts_per_call],
-            cfg,
-            jax.random.fold_in(rng, n),
-            stop_sequences=tuple(prompt_format.stop_sequences),
-        )
-        for b, ids in enumerate(out.prompt_ids):
-            for j in range(k):
-                m = int(out.num_tokens[b, j])
-                rows["texts"].append(out.texts[b][j])
-                rows["prompt_ids"].append(list(ids))
-                rows["response_ids"].append(out.tokens[b, j, :m].tolist())
-                rows["lp"].append(np.asarray(out.policy_logprobs[b, j, :m], np.float32))
+    bar = tqdm(
+        total=len(prompts),
+        desc=progress,
+        unit="q",
+        disable=progress is None or jax.process_index() != 0,
+    )
+    with bar:  # closed (its line ended) also when an error or SIGTERM stops the sampling
+        for n, start in enumerate(range(0, len(prompts), prompts_per_call)):
+            out = text_sampler.generate(
+                params,
+                prompts[start : start + prompts_per_call],
+                cfg,
+                jax.random.fold_in(rng, n),
+                stop_sequences=tuple(prompt_format.stop_sequences),
+            )
+            for b, ids in enumerate(out.prompt_ids):
+                for j in range(k):
+                    m = int(out.num_tokens[b, j])
+                    rows["texts"].append(out.texts[b][j])
+                    rows["prompt_ids"].append(list(ids))
+                    rows["response_ids"].append(out.tokens[b, j, :m].tolist())
+                    rows["lp"].append(np.asarray(out.policy_logprobs[b, j, :m], np.float32))
+            bar.update(len(out.prompt_ids))
     return Rollouts(
         examples=[ex for ex in examples for _ in range(k)],
         texts=rows["texts"],
