@@ -57,6 +57,7 @@ class Checkpointer:
         keep: int = 3,
         save_every: int = 1,
         async_save: bool = True,
+        cleanup_tmp: bool = True,
     ) -> None:
         if keep < 1:
             raise ValueError(f"Checkpointer keep={keep}: keep at least 1 checkpoint")
@@ -67,8 +68,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             enable_async_checkpointing=async_save,
-            create=True,
-            cleanup_tmp_directories=True,
+            create=cleanup_tmp,
+            cleanup_tmp_directories=cleanup_tmp,  # False: a reader leaves a writer's saves be
         )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "meta")
@@ -135,15 +136,26 @@ class Checkpointer:
             f"{os.path.join(self.directory, str(step))} aside to resume from the previous step"
         )
 
-    def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+    def restore(
+        self, target: Any, step: int | None = None, read_only: bool = False
+    ) -> tuple[Any, dict[str, Any]]:
         """(state, meta) of `step` (default: the newest that restores) onto `target`'s layout.
 
         `target` is a concrete or abstract (`jax.ShapeDtypeStruct`) state; its shapes,
         dtypes and shardings are used. When `step` is None and the newest checkpoint is
-        damaged, a WARNING names it and older ones are tried in turn.
+        damaged, a WARNING names it and older ones are tried in turn (and the damaged ones
+        are moved aside as `damaged_step_N`). `read_only` (what `eval` reads with) changes
+        nothing on disk and never falls back: a damaged step is an error.
         """
         self.wait()
-        steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+        saved = sorted(self._manager.all_steps())
+        if step is not None and step not in saved:
+            raise FileNotFoundError(
+                f"no step {step} in {self.directory}: it holds steps {saved or 'none'}"
+            )
+        steps = [step] if step is not None else saved[::-1]
+        if read_only:
+            steps = steps[:1]
         if not steps:
             raise FileNotFoundError(f"no checkpoint to restore in {self.directory}")
         abstract = _abstract(target)
@@ -156,7 +168,9 @@ class Checkpointer:
                 restored = self._manager.restore(s, args=args)
             except Exception as e:  # noqa: BLE001 - any failure means "damaged"
                 reason = f"{type(e).__name__}: {str(e)[:_MAX_REASON]}"
-                errors.append(f"step {s}: {reason}")
+                errors.append(f"step {s}: {_first_line(reason)}")
+                if read_only:
+                    break
                 log.warning(
                     "checkpoint at step %d in %s failed to restore (%s); "
                     "falling back to the previous checkpoint",
@@ -174,10 +188,16 @@ class Checkpointer:
                     len(errors),
                 )
             return restored.state, dict(restored.meta or {})
+        if read_only:
+            raise CheckpointRestoreError(
+                f"step {steps[0]} in {self.directory} is damaged ({errors[0]}); re-run the "
+                "training command to re-create it, or pick another step (it holds steps "
+                f"{saved})"
+            )
         raise CheckpointRestoreError(
-            f"no checkpoint in {self.directory} could be restored (tried steps {steps}); "
-            "delete or repair the directory, or point the run at a fresh workdir:\n"
-            + "\n".join(errors)
+            f"no checkpoint in {self.directory} could be restored (tried steps {steps}: "
+            f"{'; '.join(errors)}); delete or repair the directory, or point the run at a "
+            "fresh workdir"
         )
 
     def _quarantine(self, steps: list[int]) -> None:
@@ -212,6 +232,10 @@ class Checkpointer:
         self.close()
 
 
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
 def abstract_params(config: Any, heads: tuple[str, ...] = (), mesh: Any = None) -> Any:
     """ShapeDtypeStructs of a model's params, placed on `mesh` by the logical-axis rules
     (or on the first device): the target `load_params` restores onto."""
@@ -226,24 +250,34 @@ def abstract_params(config: Any, heads: tuple[str, ...] = (), mesh: Any = None) 
     )
 
 
-def save_params(directory: str | os.PathLike, params: Any, meta: dict[str, Any]) -> int:
-    """Append `params` (and JSON `meta`) to `directory` as its next step; return the step."""
+def save_params(
+    directory: str | os.PathLike, params: Any, meta: dict[str, Any], step: int | None = None
+) -> int:
+    """Save `params` (and JSON `meta`) in `directory` as `step` (default: after the newest
+    step); return the step. A `step` already there is an error (steps are never replaced)."""
     with Checkpointer(directory, keep=1000, async_save=False) as ckpt:
-        latest = ckpt.latest_step()
-        step = 0 if latest is None else latest + 1
-        ckpt.save(step, params, meta, force=True)
+        steps = ckpt.all_steps()
+        if step is None:
+            step = max(steps) + 1 if steps else 0
+        if not ckpt.save(step, params, meta, force=True):
+            raise FileExistsError(f"{directory} already holds step {step}; nothing was written")
     return step
 
 
 def load_params(
-    directory: str | os.PathLike, target: Any, step: int | None = None, what: str = "params"
+    directory: str | os.PathLike,
+    target: Any,
+    step: int | None = None,
+    what: str = "params",
+    read_only: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """(params, meta) of `directory`'s newest (or `step`) checkpoint onto `target`'s layout
-    (e.g. `abstract_params(...)`). `what` names them in the error when there are none."""
+    (e.g. `abstract_params(...)`). `what` names them in the error when there are none;
+    `read_only` as in `Checkpointer.restore`."""
     if not os.path.isdir(directory) or not os.listdir(directory):
         raise FileNotFoundError(
             f"no saved {what} in {os.fspath(directory)}: train the run first "
             "(`jaxrl-reason train ...` or `jaxrl-reason demo`)"
         )
-    with Checkpointer(directory, keep=1000, async_save=False) as ckpt:
-        return ckpt.restore(target, step)
+    with Checkpointer(directory, keep=1000, async_save=False, cleanup_tmp=not read_only) as ckpt:
+        return ckpt.restore(target, step, read_only)
