@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
+import traceback
 from collections.abc import Sequence
 
 
@@ -16,7 +18,8 @@ def _train(args: argparse.Namespace) -> None:
     from jaxrl_reason.experiment import train_experiment
 
     parse_config(args.config, args.gin_param)
-    rows = train_experiment(args.workdir)
+    # config.gin at the start (what was parsed), then resolved at the end (what ran).
+    rows = train_experiment(args.workdir, on_start=write_resolved_config)
     write_resolved_config(args.workdir)
     print(markdown_table(rows, EvalConfig().num_samples))
 
@@ -37,13 +40,21 @@ def _eval(args: argparse.Namespace) -> None:
     )
 
 
+def _names(flag: str, text: str) -> tuple[str, ...]:
+    """A comma-separated flag's names; an empty list is refused, naming the flag."""
+    names = tuple(a.strip() for a in text.split(",") if a.strip())
+    if not names:
+        raise ValueError(f"{flag} is empty: give comma-separated names, e.g. {flag} sft,ei")
+    return names
+
+
 def _demo(args: argparse.Namespace) -> None:
     from jaxrl_reason.demo import run_demo
 
     run_demo(
         args.workdir,
-        algorithms=tuple(a for a in args.algorithms.split(",") if a),
-        ppo_rewards=tuple(r for r in args.ppo_rewards.split(",") if r),
+        algorithms=_names("--algorithms", args.algorithms),
+        ppo_rewards=_names("--ppo_rewards", args.ppo_rewards),
         scale=args.scale,
         seed=args.seed,
         eval_split=args.split,
@@ -66,7 +77,12 @@ def _import_hf(args: argparse.Namespace) -> None:
 def _export_hf(args: argparse.Namespace) -> None:
     from jaxrl_reason.model.hf_interop import export_checkpoint_to_hf
 
-    export_checkpoint_to_hf(args.src, args.dst)
+    try:
+        export_checkpoint_to_hf(args.src, args.dst, overwrite=args.overwrite, step=args.step)
+    except FileExistsError:
+        raise ValueError(
+            f"{args.dst} exists and is not empty; choose a new destination or pass --overwrite"
+        ) from None
     print(f"exported {args.src} -> {args.dst}")
 
 
@@ -90,7 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jaxrl-reason",
         description="Teach language models to reason with RL: SFT, Expert Iteration, PPO, RCRL.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        "--debug",
+        action="store_true",
+        help="log at DEBUG level, and show the traceback of an error",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run the experiment a gin config describes (resumes)")
@@ -105,15 +127,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("eval", help="evaluate a run's checkpoint; writes eval.json")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--task", required=True, choices=("gsm8k", "svamp", "arith"))
-    p.add_argument("--k", type=int, default=16, help="samples per question for @K metrics")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run's saved policy on its test questions; writes eval.json and "
+        "changes nothing else (every flag defaults to what the run used)",
+    )
+    p.add_argument("--workdir", required=True, help="a run directory (train or demo)")
+    p.add_argument(
+        "--step", type=int, default=None, help="policy step in WORKDIR/policy (default: newest)"
+    )
+    p.add_argument(
+        "--task", default=None, choices=("gsm8k", "svamp", "arith"), help="default: the run's"
+    )
+    p.add_argument(
+        "--k",
+        type=int,
+        default=None,
+        help="samples per question for maj@K/pass@K (maj@1 is always the greedy decode; "
+        "default: the run's K)",
+    )
     p.add_argument("--data_dir", default=None, help="directory of the task's files")
-    p.add_argument("--num_questions", type=int, default=None, help="evaluate the first N only")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument(
+        "--num_questions",
+        type=int,
+        default=None,
+        help="evaluate the first N test questions (default: the run's number)",
+    )
+    p.add_argument("--temperature", type=float, default=None, help="default: the run's")
+    p.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=None,
+        help="default: the run's, or what the model's context leaves after the prompt",
+    )
     p.add_argument(
         "--orm_workdir",
         default=None,
@@ -168,9 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.set_defaults(func=_import_hf)
 
-    p = sub.add_parser("export-hf", help="orbax checkpoint + config -> HF Llama directory")
-    p.add_argument("src")
+    p = sub.add_parser(
+        "export-hf",
+        help="a run directory's policy (or an import-hf checkpoint) -> HF Llama directory",
+    )
+    p.add_argument("src", help="a run directory (with run.json) or an import-hf checkpoint")
     p.add_argument("dst")
+    p.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="which saved policy of a run directory (run.json's policy_step); default: newest",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a DST that is not empty")
     p.set_defaults(func=_export_hf)
 
     p = sub.add_parser("train-tokenizer", help="train a sentencepiece model on a task's text")
@@ -184,20 +240,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_COMPUTES = ("train", "demo", "study")  # SIGTERM finishes and saves the unit of work
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand. Any error ends in one line, `jaxrl-reason CMD: error: ...` and exit
+    status 2 (the traceback with -v/--debug); SIGTERM ends training after saving, with
+    how to resume, and exit status 143."""
+    from jaxrl_reason.training.preemption import Preempted, abort_on_sigterm, defer_sigterm
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     for noisy in ("absl", "jax._src", "orbax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
+    signals = defer_sigterm() if args.command in _COMPUTES else abort_on_sigterm(args.command)
     try:
-        args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
-        print(f"jaxrl-reason {args.command}: error: {err}", file=sys.stderr)
+        with signals:
+            args.func(args)
+    except Preempted as stop:
+        print(f"jaxrl-reason {args.command}: {stop}", file=sys.stderr)
+        return stop.code
+    except KeyboardInterrupt:
+        print(f"jaxrl-reason {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every error ends in one line (see -v)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"jaxrl-reason {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line; an error of ours says what to do, another gets its
+    type named and a pointer to -v."""
+    from jaxrl_reason.training.checkpointing import CheckpointRestoreError
+
+    text = " ".join(str(err).split()) or type(err).__name__
+    text = re.sub(r"\s*In call to configurable '.*$", "", text)  # gin's suffix: noise here
+    ours = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
+    if isinstance(err, (*ours, CheckpointRestoreError)):
+        return text
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.filename}: {err.strerror or text}"
+    return f"{type(err).__name__}: {text} (an unexpected error: run with -v for the traceback)"
 
 
 if __name__ == "__main__":

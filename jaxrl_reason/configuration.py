@@ -10,12 +10,14 @@ it would start a full default run.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import re
 import tempfile
 import tokenize
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import gin
 from etils import epath
@@ -192,3 +194,51 @@ def write_resolved_config(workdir: str | os.PathLike) -> pathlib.Path | epath.Pa
             os.remove(tmp)
         raise
     return target
+
+
+def settings_gin(settings: Mapping[str, Any], header: str = "") -> str:
+    """A gin config under which `jaxrl-reason train` runs `train_experiment(**settings)`.
+
+    `settings` are `train_experiment`'s keyword arguments (what `jaxrl-reason demo` passes):
+    settings objects (gin-configurable dataclasses) become `@Class()` references with one
+    binding per field, and each of `configs`' objects is scoped by its name
+    (`@ei/ExpertIterationConfig()`), so that several of one class (the GRPO variants) keep
+    their own values. The demo writes it as its workdir's config.gin.
+    """
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines.append("import jaxrl_reason.experiment")
+    bindings: list[str] = []
+    for name, value in settings.items():
+        if name == "configs":
+            refs = {
+                key: _gin_object(cfg, key.replace(":", "_"), bindings)
+                for key, cfg in (value or {}).items()
+            }
+            inner = ", ".join(f"{k!r}: {r}" for k, r in refs.items())
+            lines.append(f"train_experiment.configs = {{{inner}}}")
+        else:
+            lines.append(f"train_experiment.{name} = {_gin_value(value, None, bindings)}")
+    return "\n".join([*lines, *bindings]) + "\n"
+
+
+def _gin_object(obj: Any, scope: str | None, bindings: list[str]) -> str:
+    """`@[scope/]Class()`, adding one binding per field of the dataclass `obj`."""
+    cls = type(obj).__name__
+    prefix = f"{scope}/{cls}" if scope else cls
+    for field in dataclasses.fields(obj):
+        value = _gin_value(getattr(obj, field.name), scope, bindings)
+        bindings.append(f"{prefix}.{field.name} = {value}")
+    return f"@{prefix}()"
+
+
+def _gin_value(value: Any, scope: str | None, bindings: list[str]) -> str:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _gin_object(value, scope, bindings)
+    if isinstance(value, list | tuple):
+        items = [_gin_value(v, scope, bindings) for v in value]
+        if isinstance(value, list):
+            return f"[{', '.join(items)}]"
+        return f"({', '.join(items)},)" if items else "()"
+    if value is None or isinstance(value, bool | int | float | str):
+        return repr(value)
+    raise ValueError(f"settings_gin: {type(value).__name__} {value!r} has no gin form")

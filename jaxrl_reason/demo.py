@@ -19,6 +19,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from jaxrl_reason.algorithms.expert_iteration import ExpertIterationConfig
@@ -27,10 +28,12 @@ from jaxrl_reason.algorithms.orm_training import ORMConfig
 from jaxrl_reason.algorithms.ppo import PPOConfig
 from jaxrl_reason.algorithms.rcrl import RCRLConfig
 from jaxrl_reason.algorithms.sft import SFTConfig
+from jaxrl_reason.configuration import settings_gin
 from jaxrl_reason.evaluation.evaluate import EvalConfig
-from jaxrl_reason.evaluation.report import markdown_table
+from jaxrl_reason.evaluation.report import markdown_table, table_note
 from jaxrl_reason.experiment import ModelSetup, TaskConfig, train_experiment
 from jaxrl_reason.model import PRESETS, ModelConfig
+from jaxrl_reason.run_files import write_atomic
 from jaxrl_reason.training.optimizer import OptimizerConfig
 
 
@@ -245,16 +248,22 @@ def run_demo(
     """Run the demo (resuming an unfinished one in `workdir`); print and return the table."""
     s = scale_of(scale)
     start = time.perf_counter()
-    rows = train_experiment(
-        workdir,
-        algorithms=expand_ppo(algorithms, ppo_rewards),
-        show_progress=show_progress,
+    settings = {
+        "algorithms": expand_ppo(algorithms, ppo_rewards),
         **experiment_settings(s, seed, eval_split),
+    }
+    header = (
+        f"jaxrl-reason demo --scale {scale if isinstance(scale, str) else 'custom'} "
+        f"--seed {seed} --split {eval_split}: `jaxrl-reason train config.gin --workdir DIR` "
+        "runs the same experiment"
     )
+    write_gin = lambda w: write_atomic(Path(w) / "config.gin", settings_gin(settings, header))
+    rows = train_experiment(workdir, show_progress=show_progress, on_start=write_gin, **settings)
     minutes = (time.perf_counter() - start) / 60
     print(
         f"\njaxrl-reason demo: arith, {s.num_eval} held-out questions, K = "
         f"{s.evaluation.num_samples}, {minutes:.1f} min; results in {workdir}/results.md\n"
     )
     print(markdown_table(rows, s.evaluation.num_samples))
+    print(f"\n{table_note(s.evaluation.num_samples)}")
     return rows

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +40,29 @@ from jaxrl_reason.algorithms.registry import build_algorithm, names
 from jaxrl_reason.algorithms.rounds import PhaseContext, PhaseResult, run_rounds
 from jaxrl_reason.algorithms.sft import SFTConfig, run_sft
 from jaxrl_reason.data.prompts import PromptFormat, prompt_format
-from jaxrl_reason.data.tasks import load_task
+from jaxrl_reason.data.tasks import TASKS, load_task
 from jaxrl_reason.data.tokenizer import load_tokenizer, train_tokenizer_for_task
 from jaxrl_reason.evaluation.evaluate import EvalConfig, flat_summary
 from jaxrl_reason.evaluation.report import (
     compare_to_baseline,
     markdown_table,
     plot_accuracy_vs_samples,
+    table_note,
 )
 from jaxrl_reason.model import ModelConfig, init_params, model_config
 from jaxrl_reason.parallel import make_mesh
-from jaxrl_reason.run_files import write_json
-from jaxrl_reason.training.checkpointing import abstract_params, load_params, save_params
+from jaxrl_reason.run_files import read_json, write_json
+from jaxrl_reason.training.checkpointing import (
+    CheckpointRestoreError,
+    abstract_params,
+    load_params,
+    save_params,
+)
 from jaxrl_reason.training.optimizer import OptimizerConfig
+from jaxrl_reason.training.preemption import stop_if_requested
+from jaxrl_reason.validation import NON_NEGATIVE, POSITIVE, Spec, validate
+
+log = logging.getLogger(__name__)
 
 LAYOUT = 2  # of a run directory; 1 (no "layout" in run.json) is before the one loop
 ORM_PHASE = "orm"
@@ -81,6 +92,15 @@ class TaskConfig:
     eval_split: str = "test"  # "test" or "val"
 
     def __post_init__(self) -> None:
+        validate(
+            self,
+            {
+                "name": Spec(choices=tuple(TASKS)),
+                "prompt": Spec(choices=("zero_shot", "few_shot")),
+                "num_shots": POSITIVE,
+                "num_val": NON_NEGATIVE,
+            },
+        )
         if self.eval_split not in ("test", "val"):
             raise ValueError(
                 f"TaskConfig.eval_split must be 'test' or 'val', got {self.eval_split!r}"
@@ -111,6 +131,9 @@ class ModelSetup:
     tokenizer_vocab_size: int = 512
     dtype: str | None = None  # compute dtype over the model's, e.g. "bfloat16"
     remat: bool | None = None
+
+    def __post_init__(self) -> None:
+        validate(self, {"tokenizer_vocab_size": POSITIVE})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,15 +200,18 @@ def train_experiment(
     evaluation: EvalConfig | None = None,
     seed: int = 0,
     show_progress: bool = True,
+    on_start: Callable[[Path], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run SFT (when listed) and then each listed RL algorithm from its result.
 
     `algorithms` holds "sft" and names of `algorithms.registry` ("ei", "ppo:dense" ...);
     `configs` maps a name ("sft", "ei", "ppo" ...) to its settings, and a name it lacks
     gets its settings class built by gin. `seed` seeds the built-in task, the initial
-    weights and the few-shot exemplars. Returns the results rows (also written to
-    results.json / .md / .png).
+    weights and the few-shot exemplars. `on_start(workdir)` is called once every setting
+    has been checked, before any work (`train` writes config.gin there). Returns the
+    results rows (also written to results.json / .md / .png).
     """
+    algorithms = _algorithm_list(algorithms)
     configs = dict(configs or {})
     rl = [build_algorithm(n, configs) for n in algorithms if n != "sft"]  # refuses bad names
     if any(a.needs_orm for a in rl) and not any(a.makes_scorer for a in rl):
@@ -199,13 +225,19 @@ def train_experiment(
     task, model = task or TaskConfig(), model or ModelSetup()
     optimizer, evaluation = optimizer or OptimizerConfig(), evaluation or EvalConfig()
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"--workdir {workdir} is a file, not a directory: pick another path")
     _check_layout(workdir)
+    settings = _settings(seed, model, optimizer, evaluation, sft, rl)
+    _check_settings(workdir, task, settings)  # before the tokenizer or model is made
     workdir.mkdir(parents=True, exist_ok=True)
+    if on_start is not None:
+        on_start(workdir)
     data = load_task_data(task, seed)
     train, test = data.train, data.eval
     symbols = tuple(dict.fromkeys(s for a in rl for s in a.tokenizer_symbols))
     policy, params = _policy_and_params(workdir, task, model, train, symbols, seed)
-    _write_run(workdir, task, policy, list(algorithms))
+    _write_run(workdir, task, policy, list(algorithms), settings)
 
     start = params
     if sft is not None:
@@ -221,18 +253,22 @@ def train_experiment(
             sft_dir,
             show_progress,
         )
+        stop_if_requested("SFT (saved in sft/)")
     ctx = PhaseContext(
         policy, start, train, test, evaluation, optimizer, workdir, None, show_progress, data.sft
     )
     for algo in (a for a in rl if a.makes_scorer):
         result = run_rounds(algo, dataclasses.replace(ctx, workdir=workdir / algo.phase))
+        stop_if_requested(f"{algo.phase} (saved in {algo.phase}/)")
         ctx = dataclasses.replace(ctx, scorer=algo.scorer(policy, result.params))
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[int, float]]] = {}
     if sft is not None:
         _finish(ctx, "SFT", "sft", start, None, policy, rows, curves)
+        stop_if_requested("SFT's evaluation (saved in sft_eval.json)")
     for algo in (a for a in rl if not a.makes_scorer):
         result = run_rounds(algo, dataclasses.replace(ctx, workdir=workdir / algo.phase))
+        stop_if_requested(f"{algo.phase} (saved in {algo.phase}/)")
         _finish(
             ctx,
             algo.title,
@@ -243,6 +279,7 @@ def train_experiment(
             rows,
             curves,
         )
+        stop_if_requested(f"{algo.phase}'s evaluation (saved in {algo.phase}_eval.json)")
     rows = compare_to_baseline(rows)  # each method's paired difference to SFT
     write_results(workdir, rows, curves, evaluation.num_samples)
     return rows
@@ -299,22 +336,107 @@ def _load_pretrained(path: str, mesh: Any) -> tuple[ModelConfig, Any]:
 # ----------------------------------------------------------------------------- run.json
 
 
-def _write_run(workdir: Path, task: TaskConfig, policy: Policy, algorithms: list[str]) -> None:
+def _algorithm_list(algorithms: Any) -> tuple[str, ...]:
+    """`algorithms` as a tuple of names; a bare string (which would become letters) or an
+    empty list is refused."""
+    if isinstance(algorithms, str):
+        raise ValueError(
+            f"train_experiment.algorithms must be a list of names, got the string "
+            f"{algorithms!r}: write e.g. ['sft', 'ei'] (in gin: ('sft', 'ei'))"
+        )
+    algorithms = tuple(algorithms)
+    if not algorithms:
+        raise ValueError(
+            "train_experiment.algorithms is empty: list what to run, e.g. ('sft', 'ei') "
+            f"(known: {', '.join(algorithm_names())})"
+        )
+    return algorithms
+
+
+def _settings(
+    seed: int,
+    model: ModelSetup,
+    optimizer: OptimizerConfig,
+    evaluation: EvalConfig,
+    sft: SFTConfig | None,
+    rl: Sequence[Any],
+) -> dict[str, Any]:
+    """Every setting that changes a run's results, as JSON: the run's own (`run`) and each
+    phase's (`sft`, `ei`, `ppo_dense` ...), recorded in run.json and checked on resume."""
+    as_json = lambda x: json.loads(json.dumps(dataclasses.asdict(x), default=str))
+    run = {
+        "seed": seed,
+        "model": as_json(model),
+        "optimizer": as_json(optimizer),
+        "evaluation": as_json(evaluation),
+    }
+    phases = {"sft": as_json(sft)} if sft is not None else {}
+    for algo in rl:
+        cfg = getattr(algo, "cfg", None)
+        phases[algo.phase] = as_json(cfg) if dataclasses.is_dataclass(cfg) else None
+    return {"run": run, **phases}
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for k, v in value.items():
+            flat.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return flat
+    return {prefix: value}
+
+
+def _check_settings(workdir: Path, task: TaskConfig, settings: dict[str, Any]) -> None:
+    """Refuse, before anything is touched, a workdir whose run was started with other
+    settings: the task, or any setting of the run or of a phase run both times."""
+    path = workdir / "run.json"
+    if not path.exists():
+        return
+    old = read_json(path, "run.json")
+    before = {"task": old.get("task"), "task_config": old.get("task_config")}
+    before.update(old.get("settings") or {})
+    now = {"task": task.name, "task_config": dataclasses.asdict(task), **settings}
+    diff = []
+    for key in sorted(set(before) & set(now)):
+        if before[key] is None:  # recorded by a version that did not keep it
+            continue
+        a = _flatten(json.loads(_canonical(before[key])), key)
+        b = _flatten(json.loads(_canonical(now[key])), key)
+        diff += [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a | b) if a.get(k) != b.get(k)]
+    if diff:
+        shown = "; ".join(diff[:8]) + ("; ..." if len(diff) > 8 else "")
+        raise ValueError(
+            f"{workdir} holds a run started with other settings ({shown}); nothing was changed "
+            "there. Use a new --workdir, or the settings that run was started with."
+        )
+
+
+def _write_run(
+    workdir: Path,
+    task: TaskConfig,
+    policy: Policy,
+    algorithms: list[str],
+    settings: dict[str, Any] | None = None,
+) -> None:
     """Write run.json, refusing (before anything is touched) a workdir of another run."""
+    tokenizer = Path(os.path.abspath(policy.tokenizer.path))
+    if tokenizer.is_relative_to(workdir.resolve()):  # the run's own: moves with the run
+        tokenizer = tokenizer.relative_to(workdir.resolve())
     run = {
         "layout": LAYOUT,
         "task": task.name,
         "task_config": dataclasses.asdict(task),  # its splits: what every row is measured on
         "data_dir": task.data_dir,
-        "tokenizer": os.path.abspath(policy.tokenizer.path),
+        "tokenizer": str(tokenizer),  # relative: to the workdir
         "model_config": dataclasses.asdict(policy.model_config),
         "algorithms": algorithms,
         "prompt_format": dataclasses.asdict(policy.prompt_format),
+        "settings": settings or {},
         "phases": {},
     }
     path = workdir / "run.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_json(path, "run.json")
         keys = ("task", "task_config", "model_config", "prompt_format")
         # (a run written before task_config was recorded is checked on the rest)
         changed = [k for k in keys if k in old and _canonical(old.get(k)) != _canonical(run[k])]
@@ -324,13 +446,14 @@ def _write_run(workdir: Path, task: TaskConfig, policy: Policy, algorithms: list
                 "changed there. Use a new --workdir, or the settings that run was started with."
             )
         run["phases"] = old.get("phases", {})
+        run["settings"] = {**(old.get("settings") or {}), **run["settings"]}
     write_json(path, run)
 
 
 def _check_layout(workdir: Path) -> None:
     """Refuse a workdir that a version with another layout wrote, before touching it."""
     path = workdir / "run.json"
-    layout = json.loads(path.read_text()).get("layout", 1) if path.exists() else LAYOUT
+    layout = read_json(path, "run.json").get("layout", 1) if path.exists() else LAYOUT
     if layout != LAYOUT:
         raise ValueError(
             f"{workdir} holds a run of an older layout ({layout}, this version writes "
@@ -344,7 +467,7 @@ def _canonical(value: Any) -> str:
 
 def _record_phase(workdir: Path, phase: str, entry: dict[str, Any]) -> None:
     path = workdir / "run.json"
-    run = json.loads(path.read_text())
+    run = read_json(path, "run.json")
     run["phases"][phase] = entry
     write_json(path, run)
 
@@ -368,7 +491,9 @@ def _finish(
     drawn = result.state.samples_drawn if result else 0
     path = ctx.workdir / f"{phase}_eval.json"
     if path.exists():
-        evaluation = json.loads(path.read_text())
+        evaluation = read_json(path, f"{phase}_eval.json")
+        meta = {"phase": phase, "samples_drawn": drawn, **flat_summary(evaluation)}
+        _recreate_policy_if_lost(ctx.workdir, phase, params, eval_policy, meta)
     else:
         evaluation = result.evaluation if result and result.evaluation else None
         if evaluation is None:
@@ -394,12 +519,36 @@ def _finish(
     curves[title] = [*sft, *points] if history else [(0, evaluation["summary"]["maj@1"])]
 
 
+def _recreate_policy_if_lost(
+    workdir: Path, phase: str, params: Any, policy: Policy, meta: dict[str, Any]
+) -> None:
+    """Save a finished phase's policy again when its step in policy/ is missing or damaged
+    (it is what `eval` reads); the damaged step is moved aside as `damaged_step_N`."""
+    entry = read_json(workdir / "run.json", "run.json")["phases"].get(phase)
+    if entry is None:
+        return
+    step = entry["policy_step"]
+    target = abstract_params(policy.model_config, mesh=policy.mesh)
+    try:
+        load_params(workdir / "policy", target, step, what="policy", read_only=True)
+        return
+    except (FileNotFoundError, CheckpointRestoreError) as err:
+        log.warning("re-creating %s's policy (step %d): %s", phase, step, err)
+    damaged = workdir / "policy" / str(step)
+    if damaged.exists():
+        n, dst = 0, workdir / "policy" / f"damaged_step_{step}"
+        while dst.exists():
+            n, dst = n + 1, workdir / "policy" / f"damaged_step_{step}.{n}"
+        damaged.rename(dst)
+    save_params(workdir / "policy", params, meta, step)
+
+
 def write_results(
     workdir: Path, rows: list[dict[str, Any]], curves: dict[str, list[tuple[int, float]]], k: int
 ) -> str:
     table = markdown_table(rows, k)
     write_json(workdir / "results.json", {"k": k, "rows": rows, "curves": curves})
-    (workdir / "results.md").write_text(table + "\n")
+    (workdir / "results.md").write_text(f"{table}\n\n{table_note(k)}\n")
     if curves:
         plot_accuracy_vs_samples(curves, workdir / "results.png")
     return table
@@ -409,17 +558,20 @@ def write_results(
 
 
 def load_run(
-    workdir: str | os.PathLike, step: int | None = None
+    workdir: str | os.PathLike, step: int | None = None, read_only: bool = False
 ) -> tuple[Policy, Any, dict[str, Any]]:
     """(policy, params, meta) of a run directory's newest (or `step`) saved policy, the
     policy asked as that phase is evaluated (RCRL: with its best return token).
 
-    The params land on the run's mesh when several devices are present.
+    The params land on the run's mesh when several devices are present. `read_only`
+    (what `eval` uses) changes nothing in the run: a damaged step is an error, not a
+    fallback to an older policy.
     """
-    run = _read_run(Path(workdir))
-    policy = _policy_from_run(run, _mesh_or_none())
+    workdir = Path(workdir)
+    run = _read_run(workdir)
+    policy = _policy_from_run(run, _mesh_or_none(), workdir)
     target = abstract_params(policy.model_config, mesh=policy.mesh)
-    params, meta = load_params(Path(workdir) / "policy", target, step, what="policy")
+    params, meta = load_params(workdir / "policy", target, step, "policy", read_only)
     phase = run.get("phases", {}).get(meta.get("phase"), {})
     if "prompt_format" in phase:
         policy = policy.with_prompt_format(_prompt_format(phase["prompt_format"]))
@@ -433,23 +585,29 @@ def load_run(
 
 def _read_run(workdir: Path) -> dict[str, Any]:
     path = workdir / "run.json"
+    if workdir.is_file():
+        raise ValueError(f"--workdir {workdir} is a file, not a run directory")
     if not path.exists():
         raise FileNotFoundError(
             f"{path} not found: {workdir} is not a jaxrl_reason run "
             "directory (train one with `jaxrl-reason train` or `demo`)"
         )
-    return json.loads(path.read_text())
+    return read_json(path, "run.json")
 
 
 def _prompt_format(fields: dict[str, Any]) -> PromptFormat:
     return PromptFormat(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()})
 
 
-def _policy_from_run(run: dict[str, Any], mesh: Any = None) -> Policy:
+def _policy_from_run(
+    run: dict[str, Any], mesh: Any = None, workdir: str | os.PathLike | None = None
+) -> Policy:
+    """The run's model config, tokenizer (a relative path is the workdir's) and prompt."""
     config = ModelConfig.from_dict(run["model_config"])
-    return Policy(
-        config, load_tokenizer(run["tokenizer"]), _prompt_format(run["prompt_format"]), mesh
-    )
+    tokenizer = Path(run["tokenizer"])
+    if not tokenizer.is_absolute() and workdir is not None:
+        tokenizer = Path(workdir) / tokenizer
+    return Policy(config, load_tokenizer(tokenizer), _prompt_format(run["prompt_format"]), mesh)
 
 
 def _orm_scorer(run_dir: Path, required: bool) -> ORMScorer | None:
@@ -474,36 +632,92 @@ def _orm_scorer(run_dir: Path, required: bool) -> ORMScorer | None:
 
 def evaluate_workdir(
     workdir: str | os.PathLike,
-    task: str,
-    k: int,
+    task: str | None = None,
+    k: int | None = None,
     step: int | None = None,
     data_dir: str | None = None,
     num_questions: int | None = None,
-    temperature: float = 0.7,
-    max_new_tokens: int = 256,
+    temperature: float | None = None,
+    max_new_tokens: int | None = None,
     orm_workdir: str | None = None,
+    show_progress: bool = True,
 ) -> dict[str, Any]:
     """`jaxrl-reason eval`: evaluate a saved policy of a run and write `eval.json`.
 
-    rerank@K uses the ORM trained in `orm_workdir` (a run directory), by default the
-    run's own ORM when it trained one.
+    Reads the run and changes nothing in it but eval.json. What is left None comes from
+    run.json: the task, its data and test questions (the run's `num_eval`), and K, the
+    temperature and the generation length the run evaluated with (for a run that did not
+    record them: K = 16, 0.7, and what the model's context leaves after the longest
+    prompt, at most 256). rerank@K uses the ORM trained in `orm_workdir` (a run
+    directory), by default the run's own ORM when it trained one.
     """
-    policy, params, meta = load_run(workdir, step)
+    workdir = Path(workdir)
+    run = _read_run(workdir)
+    if num_questions is not None and num_questions <= 0:
+        raise ValueError(f"--num_questions must be a positive number, got {num_questions}")
+    if k is not None and k < 0:
+        raise ValueError(f"--k must be >= 0 samples per question (0: greedy only), got {k}")
+    policy, params, meta = load_run(workdir, step, read_only=True)
     scorer = _orm_scorer(Path(orm_workdir or workdir), required=orm_workdir is not None)
-    run = _read_run(Path(workdir))
-    questions = TaskConfig(task, data_dir or run.get("data_dir"), None, num_questions)
-    _, test = load_examples(questions, 0)
-    cfg = EvalConfig(num_samples=k, temperature=temperature, max_new_tokens=max_new_tokens)
-    result = policy.evaluate(params, test, cfg, scorer)
-    result.update(task=task, policy_meta=meta, workdir=str(workdir))
-    write_json(Path(workdir) / "eval.json", result)
+    recorded = dict(run.get("task_config") or {})
+    if task is not None and task != run["task"]:
+        recorded = {}  # another task than the run's: only what the flags say
+    name = task or run["task"]
+    seed = (run.get("settings") or {}).get("run", {}).get("seed", 0)
+    questions = TaskConfig(
+        name=name,
+        data_dir=data_dir or recorded.get("data_dir") or run.get("data_dir"),
+        num_train=recorded.get("num_train"),
+        num_eval=num_questions or recorded.get("num_eval"),
+        num_val=recorded.get("num_val", 0),
+    )
+    test = load_task_data(questions, seed).test
+    ran = (run.get("settings") or {}).get("run", {}).get("evaluation") or {}
+    if max_new_tokens is None:
+        max_new_tokens = ran.get("max_new_tokens") or _room_to_generate(policy, test)
+    cfg = EvalConfig(
+        num_samples=ran.get("num_samples", 16) if k is None else k,
+        temperature=ran.get("temperature", 0.7) if temperature is None else temperature,
+        max_new_tokens=max_new_tokens,
+    )
+    print(
+        f"jaxrl-reason eval: {workdir}: {meta.get('phase', 'policy')} policy "
+        f"({_policy_step_text(workdir, meta, step)}) on {len(test)} {name} test questions, "
+        f"greedy + K = {cfg.num_samples} samples at temperature {cfg.temperature}, "
+        f"up to {cfg.max_new_tokens} new tokens"
+    )
+    result = policy.evaluate(params, test, cfg, scorer, show_progress=show_progress)
+    result.update(task=name, policy_meta=meta, workdir=str(workdir))
+    write_json(workdir / "eval.json", result)
     row = {
         "method": meta.get("phase", "policy"),
         **result["summary"],
         "samples": meta.get("samples_drawn", 0),
     }
-    print(markdown_table([row], k))
+    print(markdown_table([row], cfg.num_samples))
+    print(f"\n{table_note(cfg.num_samples)}\nwrote {workdir / 'eval.json'}")
     return result
+
+
+def _policy_step_text(workdir: Path, meta: dict[str, Any], step: int | None) -> str:
+    """Which saved step was read: the one asked for, or the newest in policy/."""
+    if step is not None:
+        return f"step {step}"
+    steps = sorted(int(p.name) for p in (workdir / "policy").iterdir() if p.name.isdigit())
+    return f"step {steps[-1]}, the newest" if steps else "the newest step"
+
+
+def _room_to_generate(policy: Policy, examples: Sequence) -> int:
+    """New tokens the model's context leaves after the longest prompt (at most 256)."""
+    fmt, tok = policy.prompt_format, policy.tokenizer
+    longest = max(len(tok.encode(fmt.format(ex.question))) for ex in examples)
+    room = policy.model_config.max_seq_len - longest
+    if room < 1:
+        raise ValueError(
+            f"the longest prompt has {longest} tokens, which fills the model's max_seq_len "
+            f"({policy.model_config.max_seq_len}); evaluate fewer shots or another model"
+        )
+    return min(256, room)
 
 
 def algorithm_names() -> list[str]:

@@ -93,8 +93,8 @@ def test_smoke_demo_then_eval_then_resume(tmp_path):
 
     # The same workdir under another model config is refused, and nothing there changes.
     out = run_cli("train", "configs/experiments/demo.gin", "--workdir", str(workdir))
-    assert out.returncode == 2 and "holds a run with a different" in out.stderr
-    assert "model_config" in out.stderr and "task_config" in out.stderr
+    assert out.returncode == 2 and "holds a run started with other settings" in out.stderr
+    assert "task_config.num_eval" in out.stderr and "run.model.config" in out.stderr
     assert (workdir / "results.json").read_text() == before
     # SFT: the smoke scale's 64 solved problems, 1 epoch of batches of 16: 4 steps
     assert sorted(p.name for p in (workdir / "sft" / "checkpoints").iterdir()) == ["4"]

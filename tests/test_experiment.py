@@ -12,15 +12,23 @@ TINY = ModelConfig(
 )
 
 
+def _prepared_run(workdir, task, model, seed=0):
+    """A run directory as `train_experiment` leaves it before the first phase: its
+    tokenizer and run.json (training nothing)."""
+    from jaxrl_reason.experiment import _policy_and_params, _write_run, load_task_data
+
+    train = load_task_data(task, seed).train
+    policy, params = _policy_and_params(workdir, task, model, train, (), seed)
+    _write_run(workdir, task, policy, ["sft"])
+    return policy, params
+
+
 def test_dtype_and_remat_override_the_model(tmp_path):
-    rows = train_experiment(
+    _prepared_run(
         tmp_path,
-        task=TaskConfig(num_train=300, num_eval=4),
-        model=ModelSetup(TINY, tokenizer_vocab_size=384, dtype="bfloat16", remat=True),
-        algorithms=(),
-        show_progress=False,
+        TaskConfig(num_train=300, num_eval=4),
+        ModelSetup(TINY, tokenizer_vocab_size=384, dtype="bfloat16", remat=True),
     )
-    assert rows == []
     config = json.loads((tmp_path / "run.json").read_text())["model_config"]
     assert (config["dtype"], config["remat"], config["param_dtype"]) == (
         "bfloat16",
@@ -48,17 +56,14 @@ def test_a_run_json_round_trips_llama3_rope_scaling(tmp_path):
     from jaxrl_reason.experiment import _policy_from_run
     from jaxrl_reason.model import RopeScaling
 
-    rows = train_experiment(
+    _prepared_run(
         tmp_path,
-        task=TaskConfig(num_train=300, num_eval=4),
-        model=ModelSetup(TINY.replace(rope_scaling=RopeScaling(8.0, 1.0, 4.0, 64))),
-        algorithms=(),
-        show_progress=False,
+        TaskConfig(num_train=300, num_eval=4),
+        ModelSetup(TINY.replace(rope_scaling=RopeScaling(8.0, 1.0, 4.0, 64))),
     )
-    assert rows == []
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["layout"] == 2 and run["phases"] == {}
-    config = _policy_from_run(run).model_config
+    config = _policy_from_run(run, workdir=tmp_path).model_config
     assert config.rope_scaling == RopeScaling(8.0, 1.0, 4.0, 64)
     assert config == TINY.replace(vocab_size=config.vocab_size, rope_scaling=config.rope_scaling)
 
@@ -66,7 +71,7 @@ def test_a_run_json_round_trips_llama3_rope_scaling(tmp_path):
 def test_a_run_of_the_old_layout_is_refused_untouched(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"task": "arith"}))
     with pytest.raises(ValueError, match=r"older layout \(1, this version writes 2\)"):
-        train_experiment(tmp_path, algorithms=(), show_progress=False)
+        train_experiment(tmp_path, algorithms=("sft",), show_progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
     assert json.loads((tmp_path / "run.json").read_text()) == {"task": "arith"}
 
@@ -80,12 +85,8 @@ def test_eval_of_an_old_layout_run_works_or_says_how_to_rerun(tmp_path):
     from jaxrl_reason.model import init_params
     from jaxrl_reason.training.checkpointing import save_params
 
-    train_experiment(
-        tmp_path,
-        task=TaskConfig(num_train=300, num_eval=4),
-        model=ModelSetup(TINY, tokenizer_vocab_size=384),
-        algorithms=(),
-        show_progress=False,
+    _prepared_run(
+        tmp_path, TaskConfig(num_train=300, num_eval=4), ModelSetup(TINY, tokenizer_vocab_size=384)
     )
     run = json.loads((tmp_path / "run.json").read_text())
     old = {k: v for k, v in run.items() if k not in ("layout", "phases")}

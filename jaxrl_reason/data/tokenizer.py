@@ -175,10 +175,20 @@ def load_tokenizer(path: str | os.PathLike, **kwargs) -> Tokenizer:
     if path.suffix == ".json" or (path.is_dir() and (path / "tokenizer.json").is_file()):
         return HFTokenizer(path, **kwargs)
     if path.is_dir() and (path / "tokenizer.model").is_file():
-        return SentencePieceTokenizer(path / "tokenizer.model")
-    if path.suffix == ".model":
+        path = path / "tokenizer.model"
+    if path.suffix != ".model":
+        raise ValueError(
+            f"cannot tell the tokenizer type of {path}; pass a .model or tokenizer.json"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer {path} not found: give the path of a .model file")
+    try:
         return SentencePieceTokenizer(path)
-    raise ValueError(f"cannot tell the tokenizer type of {path}; pass a .model or tokenizer.json")
+    except RuntimeError as err:  # sentencepiece's own, e.g. "INTERNAL: unk is not defined."
+        raise ValueError(
+            f"{path}: not a readable sentencepiece tokenizer ({err}); restore the file, or "
+            "train one with `jaxrl-reason train-tokenizer`"
+        ) from None
 
 
 def train_sentencepiece(
