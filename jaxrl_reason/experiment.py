@@ -569,7 +569,7 @@ def load_run(
     """
     workdir = Path(workdir)
     run = _read_run(workdir)
-    policy = _policy_from_run(run, _mesh_or_none(), workdir)
+    policy = _policy_from_run(run, workdir, _mesh_or_none())
     target = abstract_params(policy.model_config, mesh=policy.mesh)
     params, meta = load_params(workdir / "policy", target, step, "policy", read_only)
     phase = run.get("phases", {}).get(meta.get("phase"), {})
@@ -599,14 +599,10 @@ def _prompt_format(fields: dict[str, Any]) -> PromptFormat:
     return PromptFormat(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()})
 
 
-def _policy_from_run(
-    run: dict[str, Any], mesh: Any = None, workdir: str | os.PathLike | None = None
-) -> Policy:
+def _policy_from_run(run: dict[str, Any], workdir: str | os.PathLike, mesh: Any = None) -> Policy:
     """The run's model config, tokenizer (a relative path is the workdir's) and prompt."""
     config = ModelConfig.from_dict(run["model_config"])
-    tokenizer = Path(run["tokenizer"])
-    if not tokenizer.is_absolute() and workdir is not None:
-        tokenizer = Path(workdir) / tokenizer
+    tokenizer = Path(workdir) / run["tokenizer"]  # (an absolute path stays itself)
     return Policy(config, load_tokenizer(tokenizer), _prompt_format(run["prompt_format"]), mesh)
 
 
@@ -625,7 +621,7 @@ def _orm_scorer(run_dir: Path, required: bool) -> ORMScorer | None:
             )
         return None
     run = _read_run(run_dir)
-    policy = _policy_from_run(run, _mesh_or_none())
+    policy = _policy_from_run(run, run_dir, _mesh_or_none())
     params, _ = load_orm(run_dir / ORM_PHASE, policy)
     return ORMScorer(policy, params)
 

@@ -63,7 +63,7 @@ def test_a_run_json_round_trips_llama3_rope_scaling(tmp_path):
     )
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["layout"] == 2 and run["phases"] == {}
-    config = _policy_from_run(run, workdir=tmp_path).model_config
+    config = _policy_from_run(run, tmp_path).model_config
     assert config.rope_scaling == RopeScaling(8.0, 1.0, 4.0, 64)
     assert config == TINY.replace(vocab_size=config.vocab_size, rope_scaling=config.rope_scaling)
 
