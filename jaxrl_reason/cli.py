@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import pathlib
 import re
 import sys
 import traceback
@@ -40,21 +42,27 @@ def _eval(args: argparse.Namespace) -> None:
     )
 
 
-def _names(flag: str, text: str) -> tuple[str, ...]:
-    """A comma-separated flag's names; an empty list is refused, naming the flag."""
+def _names(
+    flag: str, text: str, example: str, known: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """A comma-separated flag's names; an empty list, or a name not in `known`, is refused
+    naming the flag."""
     names = tuple(a.strip() for a in text.split(",") if a.strip())
     if not names:
-        raise ValueError(f"{flag} is empty: give comma-separated names, e.g. {flag} sft,ei")
+        raise ValueError(f"{flag} is empty: give comma-separated names, e.g. {flag} {example}")
+    if known is not None and (unknown := [n for n in names if n not in known]):
+        raise ValueError(f"{flag}: unknown {unknown}; choose from {', '.join(known)}")
     return names
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from jaxrl_reason.algorithms.ppo import PPO_REWARDS
     from jaxrl_reason.demo import run_demo
 
     run_demo(
         args.workdir,
-        algorithms=_names("--algorithms", args.algorithms),
-        ppo_rewards=_names("--ppo_rewards", args.ppo_rewards),
+        algorithms=_names("--algorithms", args.algorithms, "sft,ei"),
+        ppo_rewards=_names("--ppo_rewards", args.ppo_rewards, "sparse,dense", PPO_REWARDS),
         scale=args.scale,
         seed=args.seed,
         eval_split=args.split,
@@ -89,6 +97,14 @@ def _export_hf(args: argparse.Namespace) -> None:
 def _train_tokenizer(args: argparse.Namespace) -> None:
     from jaxrl_reason.data.tokenizer import train_tokenizer_for_task
 
+    out = pathlib.Path(args.out if args.out.endswith(".model") else args.out + ".model")
+    if pathlib.Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a directory: give a file, e.g. {args.out}/tok.model")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(
+            f"{out} exists (a run's tokenizer, perhaps: its model needs it as it is); choose "
+            "another --out, or pass --overwrite"
+        )
     task_kwargs = {} if args.data_dir is None else {"data_dir": args.data_dir}
     tok = train_tokenizer_for_task(
         args.task,
@@ -98,7 +114,14 @@ def _train_tokenizer(args: argparse.Namespace) -> None:
         seed=args.seed,
         **task_kwargs,
     )
-    print(f"wrote {args.out} (vocab {tok.vocab_size})")
+    print(f"wrote {out} (vocab {tok.vocab_size})")
+
+
+def _workdir(text: str) -> str:
+    """A --workdir value: not empty (an empty path would be the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty: give a directory, e.g. workdirs/run")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run the experiment a gin config describes (resumes)")
     p.add_argument("config", nargs="+", help="gin config file(s), e.g. configs/experiments/x.gin")
-    p.add_argument("--workdir", required=True, help="run directory; re-running resumes it")
+    p.add_argument(
+        "--workdir", required=True, type=_workdir, help="run directory; re-running resumes it"
+    )
     p.add_argument(
         "--gin_param",
         action="append",
@@ -132,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a run's saved policy on its test questions; writes eval.json and "
         "changes nothing else (every flag defaults to what the run used)",
     )
-    p.add_argument("--workdir", required=True, help="a run directory (train or demo)")
+    p.add_argument(
+        "--workdir", required=True, type=_workdir, help="a run directory (train or demo)"
+    )
     p.add_argument(
         "--step", type=int, default=None, help="policy step in WORKDIR/policy (default: newest)"
     )
@@ -169,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("demo", help="the built-in end-to-end demo on the `arith` task")
-    p.add_argument("--workdir", default="workdirs/demo")
+    p.add_argument("--workdir", default="workdirs/demo", type=_workdir)
     p.add_argument(
         "--algorithms",
         default="sft,ei",
@@ -203,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the paper's five findings on arith: every method at equal samples, SFT "
         "epochs, exploration; writes report.md with figures and a verdict per finding",
     )
-    p.add_argument("--workdir", default="workdirs/study")
+    p.add_argument("--workdir", default="workdirs/study", type=_workdir)
     p.add_argument("--scale", default="default", choices=("default", "smoke"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="test", choices=("test", "val"))
@@ -232,12 +259,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-tokenizer", help="train a sentencepiece model on a task's text")
     p.add_argument("--task", default="arith", choices=("gsm8k", "svamp", "arith"))
     p.add_argument("--out", required=True, help="output .model path")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--vocab_size", type=int, default=512)
     p.add_argument("--num_examples", type=int, default=5000)
     p.add_argument("--data_dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_tokenizer)
     return parser
+
+
+_LIBRARIES = re.compile(r"[/\\](gin|orbax|absl|etils)[/\\]")
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    """Drop a library's log record (gin's "Path not found", orbax's parse failures): the
+    error they lead to is reported by us in one line."""
+    return not _LIBRARIES.search(record.pathname or "")
 
 
 _COMPUTES = ("train", "demo", "study")  # SIGTERM finishes and saves the unit of work
@@ -247,15 +284,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand. Any error ends in one line, `jaxrl-reason CMD: error: ...` and exit
     status 2 (the traceback with -v/--debug); SIGTERM ends training after saving, with
     how to resume, and exit status 143."""
-    from jaxrl_reason.training.preemption import Preempted, abort_on_sigterm, defer_sigterm
-
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
+    logging.basicConfig(  # before importing jax (absl would configure logging first)
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     for noisy in ("absl", "jax._src", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
+    if not args.verbose:  # libraries' own error logs before ours (orbax, gin): -v shows them
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_libraries)
+    from jaxrl_reason.training.preemption import Preempted, abort_on_sigterm, defer_sigterm
+
     signals = defer_sigterm() if args.command in _COMPUTES else abort_on_sigterm(args.command)
     try:
         with signals:
@@ -281,12 +321,27 @@ def _one_line(err: BaseException) -> str:
 
     text = " ".join(str(err).split()) or type(err).__name__
     text = re.sub(r"\s*In call to configurable '.*$", "", text)  # gin's suffix: noise here
+    if isinstance(err, OSError) and err.filename is not None:  # the system's: say what to do
+        return f"{err.filename}: {err.strerror or text}; {_OS_FIXES.get(err.errno, _OS_FIX)}"
     ours = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
     if isinstance(err, (*ours, CheckpointRestoreError)):
         return text
-    if isinstance(err, OSError) and err.filename:
-        return f"{err.filename}: {err.strerror or text}"
+    if "RESOURCE_EXHAUSTED" in text:
+        return (
+            "out of device memory: lower what runs at once (eval's --k, a phase's batch_size, "
+            f"prompts_per_call or num_samples) and re-run ({text[:160]})"
+        )
     return f"{type(err).__name__}: {text} (an unexpected error: run with -v for the traceback)"
+
+
+_OS_FIX = "check the path and its permissions"
+_OS_FIXES = {
+    errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
+    errno.EEXIST: "a part of the path is a file, not a directory: choose another path",
+    errno.EROFS: "the file system is read-only: choose a writable path",
+    errno.EACCES: "it is not writable (or readable) by you: choose another path",
+    errno.ENOSPC: "the disk is full: free space and re-run (the run resumes)",
+}
 
 
 if __name__ == "__main__":

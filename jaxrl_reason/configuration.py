@@ -201,18 +201,21 @@ def settings_gin(settings: Mapping[str, Any], header: str = "") -> str:
 
     `settings` are `train_experiment`'s keyword arguments (what `jaxrl-reason demo` passes):
     settings objects (gin-configurable dataclasses) become `@Class()` references with one
-    binding per field, and each of `configs`' objects is scoped by its name
-    (`@ei/ExpertIterationConfig()`), so that several of one class (the GRPO variants) keep
-    their own values. The demo writes it as its workdir's config.gin.
+    binding per field, so that `--gin_param 'SFTConfig.batch_size = 16'` overrides them.
+    Where `configs` holds several objects of one class (the GRPO variants), each is scoped
+    by its name (`@dapo/GRPOConfig()`, then `dapo/GRPOConfig.learning_rate = ...`), and an
+    override names the scope. The demo writes it as its workdir's config.gin.
     """
     lines = [f"# {line}" for line in header.splitlines()]
     lines.append("import jaxrl_reason.experiment")
     bindings: list[str] = []
     for name, value in settings.items():
         if name == "configs":
-            refs = {
-                key: _gin_object(cfg, key.replace(":", "_"), bindings)
-                for key, cfg in (value or {}).items()
+            value = value or {}
+            kinds = [type(cfg) for cfg in value.values()]
+            refs = {  # scoped only where a class has several objects (the GRPO variants)
+                key: _gin_object(cfg, key if kinds.count(type(cfg)) > 1 else None, bindings)
+                for key, cfg in value.items()
             }
             inner = ", ".join(f"{k!r}: {r}" for k, r in refs.items())
             lines.append(f"train_experiment.configs = {{{inner}}}")

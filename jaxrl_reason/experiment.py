@@ -227,6 +227,13 @@ def train_experiment(
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(f"--workdir {workdir} is a file, not a directory: pick another path")
+    if not (workdir / "run.json").exists():
+        inside = [p for p in workdir.absolute().parents if (p / "run.json").is_file()]
+        if inside:
+            raise ValueError(
+                f"--workdir {workdir} is inside the run directory {inside[0]}: a new run there "
+                "would mix with that run's files; pick a path outside it"
+            )
     _check_layout(workdir)
     settings = _settings(seed, model, optimizer, evaluation, sft, rl)
     _check_settings(workdir, task, settings)  # before the tokenizer or model is made
@@ -397,14 +404,19 @@ def _check_settings(workdir: Path, task: TaskConfig, settings: dict[str, Any]) -
     before.update(old.get("settings") or {})
     now = {"task": task.name, "task_config": dataclasses.asdict(task), **settings}
     diff = []
-    for key in sorted(set(before) & set(now)):
+    for key in (k for k in now if k in before):  # the task, the run's, then each phase's
         if before[key] is None:  # recorded by a version that did not keep it
             continue
-        a = _flatten(json.loads(_canonical(before[key])), key)
-        b = _flatten(json.loads(_canonical(now[key])), key)
-        diff += [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a | b) if a.get(k) != b.get(k)]
+        a = _flatten(json.loads(json.dumps(before[key])), key)
+        b = _flatten(json.loads(json.dumps(now[key])), key)
+        diff += [
+            f"{k} {a.get(k)!r} -> {b.get(k)!r}"
+            for k in dict.fromkeys([*b, *a])  # in the order the settings are declared
+            if a.get(k) != b.get(k)
+        ]
     if diff:
-        shown = "; ".join(diff[:8]) + ("; ..." if len(diff) > 8 else "")
+        more = len(diff) - 10
+        shown = "; ".join(diff[:10]) + (f"; and {more} more" if more > 0 else "")
         raise ValueError(
             f"{workdir} holds a run started with other settings ({shown}); nothing was changed "
             "there. Use a new --workdir, or the settings that run was started with."
@@ -491,7 +503,8 @@ def _finish(
     drawn = result.state.samples_drawn if result else 0
     path = ctx.workdir / f"{phase}_eval.json"
     if path.exists():
-        evaluation = read_json(path, f"{phase}_eval.json")
+        redo = "delete it and re-run: the evaluation is computed again from the saved phase"
+        evaluation = read_json(path, f"{phase}_eval.json", redo)
         meta = {"phase": phase, "samples_drawn": drawn, **flat_summary(evaluation)}
         _recreate_policy_if_lost(ctx.workdir, phase, params, eval_policy, meta)
     else:
@@ -571,7 +584,21 @@ def load_run(
     run = _read_run(workdir)
     policy = _policy_from_run(run, workdir, _mesh_or_none())
     target = abstract_params(policy.model_config, mesh=policy.mesh)
-    params, meta = load_params(workdir / "policy", target, step, "policy", read_only)
+    finished = {p: e["policy_step"] for p, e in run.get("phases", {}).items()}
+    newest = max(finished.values(), default=None)
+    try:
+        params, meta = load_params(
+            workdir / "policy", target, newest if step is None else step, "policy", read_only
+        )
+    except FileNotFoundError as err:
+        if step is not None or newest is None:
+            raise
+        phase = max(finished, key=finished.get)
+        raise FileNotFoundError(
+            f"{workdir}: the newest finished phase, {phase}, saved policy step {newest}, which "
+            f"is missing ({err}); re-run the training command to re-create it, or pass --step"
+        ) from None
+    meta = {**meta, "policy_step": newest if step is None else step}
     phase = run.get("phases", {}).get(meta.get("phase"), {})
     if "prompt_format" in phase:
         policy = policy.with_prompt_format(_prompt_format(phase["prompt_format"]))
@@ -603,7 +630,20 @@ def _policy_from_run(run: dict[str, Any], workdir: str | os.PathLike, mesh: Any 
     """The run's model config, tokenizer (a relative path is the workdir's) and prompt."""
     config = ModelConfig.from_dict(run["model_config"])
     tokenizer = Path(workdir) / run["tokenizer"]  # (an absolute path stays itself)
-    return Policy(config, load_tokenizer(tokenizer), _prompt_format(run["prompt_format"]), mesh)
+    if not tokenizer.exists():
+        raise FileNotFoundError(
+            f"{workdir}: the run's tokenizer {tokenizer} is missing; restore it (its model "
+            "was trained with it), or re-run the experiment into a new --workdir"
+        )
+    loaded = load_tokenizer(tokenizer)
+    own = not Path(run["tokenizer"]).is_absolute()  # trained for this run: sizes must match
+    if loaded.vocab_size > config.vocab_size or (own and loaded.vocab_size != config.vocab_size):
+        raise ValueError(
+            f"{workdir}: the tokenizer {tokenizer} has {loaded.vocab_size} pieces but the "
+            f"run's model has a vocabulary of {config.vocab_size}; it was replaced: restore "
+            "the run's own tokenizer"
+        )
+    return Policy(config, loaded, _prompt_format(run["prompt_format"]), mesh)
 
 
 def _orm_scorer(run_dir: Path, required: bool) -> ORMScorer | None:
@@ -653,6 +693,13 @@ def evaluate_workdir(
         raise ValueError(f"--num_questions must be a positive number, got {num_questions}")
     if k is not None and k < 0:
         raise ValueError(f"--k must be >= 0 samples per question (0: greedy only), got {k}")
+    if data_dir is not None and (task or run["task"]) == "arith":
+        raise ValueError(
+            f"--data_dir {data_dir}: the task is arith (built in, no files); to evaluate on "
+            "GSM8K or SVAMP pass --task gsm8k or --task svamp with it"
+        )
+    if not os.access(workdir, os.W_OK):
+        raise ValueError(f"{workdir} is not writable, so eval.json cannot be written there")
     policy, params, meta = load_run(workdir, step, read_only=True)
     scorer = _orm_scorer(Path(orm_workdir or workdir), required=orm_workdir is not None)
     recorded = dict(run.get("task_config") or {})
@@ -684,21 +731,24 @@ def evaluate_workdir(
     )
     result = policy.evaluate(params, test, cfg, scorer, show_progress=show_progress)
     result.update(task=name, policy_meta=meta, workdir=str(workdir))
-    write_json(workdir / "eval.json", result)
     row = {
         "method": meta.get("phase", "policy"),
         **result["summary"],
         "samples": meta.get("samples_drawn", 0),
     }
-    print(markdown_table([row], cfg.num_samples))
-    print(f"\n{table_note(cfg.num_samples)}\nwrote {workdir / 'eval.json'}")
+    print(markdown_table([row], cfg.num_samples))  # first: shown even if writing fails
+    print(f"\n{table_note(cfg.num_samples)}")
+    write_json(workdir / "eval.json", result)
+    print(f"wrote {workdir / 'eval.json'}")
     return result
 
 
 def _policy_step_text(workdir: Path, meta: dict[str, Any], step: int | None) -> str:
-    """Which saved step was read: the one asked for, or the newest in policy/."""
+    """Which saved step was read: the one asked for, or the newest finished phase's."""
     if step is not None:
         return f"step {step}"
+    if meta.get("policy_step") is not None:
+        return f"step {meta['policy_step']}, the newest"
     steps = sorted(int(p.name) for p in (workdir / "policy").iterdir() if p.name.isdigit())
     return f"step {steps[-1]}, the newest" if steps else "the newest step"
 

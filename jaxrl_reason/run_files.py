@@ -49,15 +49,20 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
         raise RunFileError(f"{path}: cannot read {what}: {err.strerror or err}") from None
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """The JSON in `path`; a damaged file raises `RunFileError` naming it, the line and column."""
+def read_json(
+    path: str | os.PathLike,
+    what: str = "file",
+    fix: str = "restore it, or use a new --workdir",
+) -> Any:
+    """The JSON in `path`; a damaged file raises `RunFileError` naming it, the line and
+    column, and `fix` (what to do about it)."""
     text = read_text(path, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise RunFileError(
             f"{path}:{err.lineno}:{err.colno}: {what} is not valid JSON ({err.msg}); it was "
-            "damaged (a crash mid-write, or an edit): restore it, or use a new --workdir"
+            f"damaged (a crash mid-write, or an edit): {fix}"
         ) from None
 
 

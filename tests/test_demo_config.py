@@ -86,3 +86,19 @@ def test_the_demos_config_gin_makes_train_run_the_same_experiment(tmp_path):
             train_experiment(workdir, configs={**configs, "dapo": changed}, on_start=_stop)
     finally:
         gin.clear_config()
+
+
+def test_a_gin_param_overrides_the_demos_config_gin(tmp_path):
+    """Its bindings are unscoped where a class has one object, so a plain binding wins."""
+    from jaxrl_reason.configuration import settings_gin
+    from jaxrl_reason.demo import experiment_settings
+
+    path = tmp_path / "config.gin"
+    path.write_text(
+        settings_gin({"algorithms": ("sft",), **experiment_settings(SCALES["smoke"], 0)})
+    )
+    parse_config([str(path)], ["SFTConfig.batch_size = 4"])
+    try:
+        assert SFTConfig().batch_size == 4
+    finally:
+        gin.clear_config()

@@ -197,12 +197,17 @@ def test_a_sigterm_in_a_loops_last_step_is_handed_to_the_run():
     preemption.stop_if_requested("nothing")
 
 
-def test_sigterm_stops_read_only_work_at_once_saying_nothing_was_written():
+def test_sigterm_stops_read_only_work_at_once_saying_nothing_was_written(monkeypatch, capsys):
+    def exit_now(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(preemption, "_exit_now", exit_now)  # the process would end here
     previous = signal.getsignal(signal.SIGTERM)
-    stopped = pytest.raises(Preempted, match="eval stopped before it finished; nothing written")
-    with stopped, preemption.abort_on_sigterm("eval"):
+    with pytest.raises(SystemExit) as stopped, preemption.abort_on_sigterm("eval"):
         os.kill(os.getpid(), signal.SIGTERM)
         sum(range(10_000))  # the handler runs between bytecodes
+    assert stopped.value.code == preemption.PREEMPTED_EXIT_CODE
+    assert "eval stopped before it finished; nothing written" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) == previous
 
 
@@ -271,3 +276,113 @@ def test_sigterm_during_eval_ends_with_a_message_and_writes_nothing(run_copy):
     assert proc.returncode == preemption.PREEMPTED_EXIT_CODE, err[-2000:]
     assert "eval stopped before it finished; nothing written" in err.splitlines()[-1]
     assert _tree(run_copy) == before
+
+
+# ------------------------------------------------- found by a sweep of 130 bad inputs
+
+
+def test_export_hf_refuses_a_destination_overlapping_the_source(finished_run):
+    from jaxrl_reason.model.hf_interop import export_checkpoint_to_hf
+
+    before = _tree(finished_run)
+    for dst in (finished_run, finished_run / "policy", finished_run.parent):
+        with pytest.raises(ValueError, match="overlaps the source"):
+            export_checkpoint_to_hf(finished_run, dst, overwrite=True)
+    assert _tree(finished_run) == before
+
+
+def test_export_hf_of_a_damaged_policy_is_an_error_and_moves_nothing(run_copy, tmp_path):
+    from jaxrl_reason.model.hf_interop import export_checkpoint_to_hf
+
+    for f in (run_copy / "policy" / "0").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "state" in f.parts:
+            f.write_bytes(b"garbage")
+    before = _tree(run_copy)
+    with pytest.raises(Exception, match="step 0 in .*policy is damaged"):
+        export_checkpoint_to_hf(run_copy, tmp_path / "out")
+    assert _tree(run_copy) == before and not (tmp_path / "out").exists()
+
+
+def test_a_finished_phases_missing_policy_is_named_not_replaced_by_an_older_one(run_copy):
+    shutil.rmtree(run_copy / "policy" / "0")
+    with pytest.raises(FileNotFoundError, match="newest finished phase, sft, saved policy step 0"):
+        load_run(run_copy, read_only=True)
+
+
+def test_a_replaced_or_missing_tokenizer_is_named(run_copy, tmp_path):
+    from jaxrl_reason.data.tokenizer import train_tokenizer_for_task
+
+    train_tokenizer_for_task("arith", tmp_path / "other.model", vocab_size=400, num_examples=1000)
+    shutil.copy(tmp_path / "other.model", run_copy / "tokenizer.model")
+    with pytest.raises(ValueError, match="has 400 pieces but the run's model has a vocabulary"):
+        load_run(run_copy, read_only=True)
+    (run_copy / "tokenizer.model").unlink()
+    with pytest.raises(FileNotFoundError, match="the run's tokenizer .* is missing; restore it"):
+        load_run(run_copy, read_only=True)
+
+
+def test_a_damaged_eval_cache_says_to_delete_it(run_copy):
+    path = run_copy / "sft_eval.json"
+    path.write_text(path.read_text()[:100])
+    with pytest.raises(ValueError, match="sft_eval.json is not valid JSON .* delete it and re-run"):
+        train_experiment(run_copy, **SETTINGS)
+
+
+def test_eval_refuses_data_dir_for_the_built_in_task(finished_run):
+    with pytest.raises(ValueError, match="the task is arith .* pass --task gsm8k"):
+        evaluate_workdir(finished_run, data_dir="/somewhere", show_progress=False)
+
+
+def test_a_new_run_inside_another_run_is_refused(finished_run):
+    with pytest.raises(ValueError, match="is inside the run directory"):
+        train_experiment(finished_run / "sft" / "new", **SETTINGS)
+    assert not (finished_run / "sft" / "new").exists()
+
+
+def test_train_tokenizer_never_overwrites_and_refuses_a_directory(tmp_path, capsys):
+    out = tmp_path / "tok.model"
+    out.write_bytes(b"a run's tokenizer")
+    args = ["train-tokenizer", "--num_examples", "1000", "--vocab_size", "400", "--out"]
+    assert cli.main([*args, str(out)]) == 2
+    assert "exists" in capsys.readouterr().err and out.read_bytes() == b"a run's tokenizer"
+    assert cli.main([*args, str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert cli.main([*args, str(out), "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--ppo_rewards", ""], "--ppo_rewards is empty: .* e.g. --ppo_rewards sparse,dense"),
+        (["--ppo_rewards", "bogus"], r"--ppo_rewards: unknown \['bogus'\]; choose from sparse"),
+        (["--algorithms", " , "], "--algorithms is empty"),
+    ],
+)
+def test_demo_list_flags_name_themselves(tmp_path, capsys, flags, message):
+    import re
+
+    argv = ["demo", "--workdir", str(tmp_path / "run"), "--algorithms", "sft,ppo", *flags]
+    assert cli.main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_system_errors_say_what_to_do_and_out_of_memory_is_named():
+    import errno
+
+    err = NotADirectoryError(errno.ENOTDIR, "Not a directory", "afile/sub")
+    assert cli._one_line(err) == (
+        "afile/sub: Not a directory; a part of the path is a file, not a directory: choose "
+        "another path"
+    )
+    oom = RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 180456218040 bytes.")
+    assert cli._one_line(oom).startswith("out of device memory: lower what runs at once")
+
+
+def test_library_error_logs_are_hidden_unless_verbose():
+    import logging
+
+    record = lambda path: logging.LogRecord("root", logging.ERROR, path, 1, "x", (), None)
+    assert not cli._quiet_libraries(record("/venv/site-packages/gin/config.py"))
+    assert not cli._quiet_libraries(record("/venv/site-packages/orbax/checkpoint/a.py"))
+    assert cli._quiet_libraries(record("/repo/jaxrl_reason/training/checkpointing.py"))

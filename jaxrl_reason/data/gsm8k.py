@@ -102,4 +102,6 @@ def load_gsm8k(data_dir: str | os.PathLike, split: str) -> list[Example]:
                 id=f"gsm8k-{split}-{i}", question=question.strip(), solution=solution, answer=answer
             )
         )
+    if not examples:
+        raise ValueError(f"{path} holds no questions (it is empty); restore it. {GSM8K_HOWTO}")
     return examples

@@ -153,6 +153,8 @@ def load_svamp(data_dir_or_file: str | os.PathLike, split: str = "all") -> list[
                 id=f"svamp-{item.get('ID', i)}", question=question, solution=solution, answer=answer
             )
         )
+    if not examples:
+        raise ValueError(f"{path} holds no questions (an empty list); restore it")
     if split == "all":
         return examples
     order = np.random.default_rng(SVAMP_SPLIT_SEED).permutation(len(examples))

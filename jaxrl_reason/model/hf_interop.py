@@ -513,15 +513,23 @@ def export_checkpoint_to_hf(
     that is not empty.
     """
     src = pathlib.Path(src)
-    if (src / "run.json").is_file():
-        export_run_to_hf(src, dst, step, dtype, max_shard_bytes, overwrite)
-        return
-    if not (src / "model_config.json").is_file():
+    is_run = (src / "run.json").is_file()
+    if not is_run and not (src / "model_config.json").is_file():
         raise FileNotFoundError(
             f"{src} is neither a run directory (no run.json: train one with `jaxrl-reason "
             "train` or `demo`) nor a checkpoint written by `jaxrl-reason import-hf` (no "
             "model_config.json)"
         )
+    a, b = src.resolve(), pathlib.Path(dst).resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise ValueError(
+            f"export-hf {src} {dst}: the destination overlaps the source (the same directory, "
+            "or one inside the other), and writing it would destroy what is exported; "
+            "choose a destination outside the source"
+        )
+    if is_run:
+        export_run_to_hf(src, dst, step, dtype, max_shard_bytes, overwrite)
+        return
     if step is not None:
         raise ValueError(
             f"step={step}: {src} is an import-hf checkpoint, which holds one set of params; "
@@ -552,7 +560,7 @@ def export_run_to_hf(
     """
     from jaxrl_reason.experiment import load_run
 
-    policy, params, meta = load_run(workdir, step)
+    policy, params, meta = load_run(workdir, step, read_only=True)  # changes nothing there
     tokenizer = pathlib.Path(policy.tokenizer.path)
     if tokenizer.suffix != ".model":
         raise ValueError(
@@ -561,7 +569,7 @@ def export_run_to_hf(
         )
     about = {
         "exported_from": str(pathlib.Path(workdir).absolute()),
-        "policy_step": step,
+        "policy_step": meta.get("policy_step", step),
         "meta": meta,
         "prompt_format": dataclasses.asdict(policy.prompt_format),
     }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import Any
@@ -142,19 +144,29 @@ class PreemptionGuard:
         self._previous.clear()
 
 
+def _exit_now(code: int) -> None:
+    logging.shutdown()
+    os._exit(code)
+
+
 class abort_on_sigterm:  # noqa: N801 - a context manager, used like a function
-    """For read-only work (`jaxrl-reason eval`): SIGTERM stops it at once with a message
-    (`Preempted`), since there is nothing to save; the previous handler is restored."""
+    """For read-only work (`jaxrl-reason eval`): SIGTERM ends the process at once, exit
+    status 143, with a message, since there is nothing to save; the previous handler is
+    restored on exit."""
 
     def __init__(self, what: str) -> None:
         self.what = what
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         del frame
-        raise Preempted(
+        message = (
             f"received {signal.Signals(signum).name}: {self.what} stopped before it finished; "
             "nothing written; re-run the same command"
         )
+        # At once, without unwinding: raising here, inside a running XLA computation, can
+        # crash the interpreter's shutdown (a segfault instead of 143); nothing is open.
+        print(f"jaxrl-reason {self.what}: {message}", file=sys.stderr, flush=True)
+        _exit_now(PREEMPTED_EXIT_CODE)
 
     def __enter__(self) -> abort_on_sigterm:
         self._previous = None

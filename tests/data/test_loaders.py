@@ -139,3 +139,11 @@ def test_unknown_task_and_split(shared_data_dir):
         load_task("mmlu", "train")
     with pytest.raises(ValueError, match="split"):
         load_gsm8k(shared_data_dir / "gsm8k", "validation")
+
+
+def test_an_empty_gsm8k_file_is_named(tmp_path):
+    from jaxrl_reason.data.gsm8k import load_gsm8k
+
+    (tmp_path / "test.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"test.jsonl holds no questions"):
+        load_gsm8k(tmp_path, "test")
