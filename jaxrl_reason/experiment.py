@@ -56,6 +56,7 @@ from jaxrl_reason.training.checkpointing import (
     CheckpointRestoreError,
     abstract_params,
     load_params,
+    move_aside,
     save_params,
 )
 from jaxrl_reason.training.optimizer import OptimizerConfig
@@ -547,12 +548,7 @@ def _recreate_policy_if_lost(
         return
     except (FileNotFoundError, CheckpointRestoreError) as err:
         log.warning("re-creating %s's policy (step %d): %s", phase, step, err)
-    damaged = workdir / "policy" / str(step)
-    if damaged.exists():
-        n, dst = 0, workdir / "policy" / f"damaged_step_{step}"
-        while dst.exists():
-            n, dst = n + 1, workdir / "policy" / f"damaged_step_{step}.{n}"
-        damaged.rename(dst)
+    move_aside(workdir / "policy", step)
     save_params(workdir / "policy", params, meta, step)
 
 

@@ -204,15 +204,7 @@ class Checkpointer:
         """Move damaged steps aside (kept for inspection) so the run can save them anew."""
         if jax.process_index() == 0:
             for step in steps:
-                src = os.path.join(self.directory, str(step))
-                if os.path.isdir(src):
-                    dst = os.path.join(self.directory, f"damaged_step_{step}")
-                    n = 0
-                    while os.path.exists(dst):
-                        n += 1
-                        dst = os.path.join(self.directory, f"damaged_step_{step}.{n}")
-                    os.rename(src, dst)
-                    log.warning("moved damaged checkpoint %s to %s", src, dst)
+                move_aside(self.directory, step)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("jaxrl_reason_checkpoint_quarantine")
         self._manager.reload()
@@ -230,6 +222,22 @@ class Checkpointer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def move_aside(directory: str | os.PathLike, step: int) -> str | None:
+    """Rename the damaged `directory/step` to `damaged_step_N` (kept for inspection; `.1`,
+    `.2` ... when that name is taken) and return the new path; None if it is not there."""
+    src = os.path.join(os.fspath(directory), str(step))
+    if not os.path.isdir(src):
+        return None
+    dst = os.path.join(os.fspath(directory), f"damaged_step_{step}")
+    n = 0
+    while os.path.exists(dst):
+        n += 1
+        dst = os.path.join(os.fspath(directory), f"damaged_step_{step}.{n}")
+    os.rename(src, dst)
+    log.warning("moved damaged checkpoint %s to %s", src, dst)
+    return dst
 
 
 def _first_line(text: str) -> str:
