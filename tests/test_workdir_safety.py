@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 
+import gin
 import pytest
 
 from jaxrl_reason import cli
@@ -244,7 +245,10 @@ def test_train_writes_config_gin_before_any_work(tmp_path, capsys):
         f"TaskConfig.data_dir = '{tmp_path / 'no_such_dir'}'\n"
     )
     workdir = tmp_path / "run"
-    assert cli.main(["train", str(gin_file), "--workdir", str(workdir)]) == 2
+    try:
+        assert cli.main(["train", str(gin_file), "--workdir", str(workdir)]) == 2
+    finally:
+        gin.clear_config()  # the CLI left its config parsed: later tests must not see it
     assert "TaskConfig.name = 'gsm8k'" in (workdir / "config.gin").read_text()
     assert "no_such_dir" in capsys.readouterr().err
 
