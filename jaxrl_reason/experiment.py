@@ -86,7 +86,9 @@ class TaskConfig:
     data_dir: str | None = None  # the task's files (not needed for arith)
     num_train: int | None = None  # None: every training question
     num_eval: int | None = 200  # held-out test questions; None: all
-    prompt: str = "zero_shot"  # or "few_shot": `num_shots` train exemplars (pretrained start)
+    # or "few_shot": `num_shots` train exemplars (pretrained start); or "chat": the model's
+    # chat template (instruct models; `prompt_format.system` / `.instruction` in gin)
+    prompt: str = "zero_shot"
     num_shots: int = 4
     num_val: int = 0  # validation questions carved from the end of the training split
     num_sft: int | None = None  # training questions SFT learns from; None: all num_train
@@ -97,7 +99,7 @@ class TaskConfig:
             self,
             {
                 "name": Spec(choices=tuple(TASKS)),
-                "prompt": Spec(choices=("zero_shot", "few_shot")),
+                "prompt": Spec(choices=("zero_shot", "few_shot", "chat")),
                 "num_shots": POSITIVE,
                 "num_val": NON_NEGATIVE,
             },
@@ -326,7 +328,13 @@ def _policy_and_params(
         config = config.replace(dtype=model.dtype)
     if model.remat is not None:
         config = config.replace(remat=model.remat)
-    fmt = prompt_format(kind=task.prompt, exemplars=train, num_shots=task.num_shots, seed=seed)
+    fmt = prompt_format(
+        kind=task.prompt,
+        exemplars=train,
+        num_shots=task.num_shots,
+        seed=seed,
+        tokenizer=tokenizer,
+    )
     return Policy(config, tokenizer, fmt, mesh), params
 
 

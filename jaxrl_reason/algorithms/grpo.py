@@ -226,10 +226,10 @@ def informative_groups(returns: np.ndarray) -> np.ndarray:
     return returns.max(-1) > returns.min(-1)
 
 
-def truncated(rollouts: Rollouts, eos_id: int, max_new_tokens: int) -> np.ndarray:
-    """bool [N]: samples that used the whole budget without ending (no EOS, no stop)."""
-    ids = rollouts.response_ids
-    return np.array([len(r) >= max_new_tokens and r[-1] != eos_id for r in ids], np.bool_)
+def truncated(rollouts: Rollouts, eos_ids: Sequence[int], max_new_tokens: int) -> np.ndarray:
+    """bool [N]: samples that used the whole budget without ending (no eos id, no stop)."""
+    ids, ends = rollouts.response_ids, set(eos_ids)
+    return np.array([len(r) >= max_new_tokens and r[-1] not in ends for r in ids], np.bool_)
 
 
 # -------------------------------------------------------------------- jitted functions
@@ -423,7 +423,7 @@ class GRPO(Algorithm):
         self, ctx: PhaseContext, state: PhaseState, rollouts: Rollouts, round_index: int
     ) -> Improved:
         cfg, mesh, it = self.cfg, ctx.policy.mesh, round_index - 1
-        k, eos = cfg.num_samples, ctx.policy.tokenizer.eos_id
+        k, eos = cfg.num_samples, ctx.policy.tokenizer.eos_ids
         returns = self._returns(ctx, rollouts, round_index)  # [G, K]
         informative = informative_groups(returns)
         groups = np.arange(len(returns))

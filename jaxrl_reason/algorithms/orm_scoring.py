@@ -78,7 +78,7 @@ class ORMScorer:
         if len(examples) != len(samples):
             raise ValueError(f"{len(examples)} questions but {len(samples)} rows of samples")
         tok, fmt = self.policy.tokenizer, self.policy.prompt_format
-        prompts = tok.encode_batch([fmt.format(ex.question) for ex in examples], add_bos=True)
+        prompts = tok.encode_batch([fmt.format(ex.question) for ex in examples])
         flat = [text for row in samples for text in row]
         responses = tok.encode_batch(flat, add_bos=False, add_eos=True)
         prompt_rows = [prompts[b] for b, row in enumerate(samples) for _ in row]

@@ -52,7 +52,7 @@ class Policy:
     def sampling_config(
         self, num_samples: int, temperature: float, max_new_tokens: int
     ) -> SamplingConfig:
-        return sampling_config(num_samples, temperature, max_new_tokens, self.tokenizer.eos_id)
+        return sampling_config(num_samples, temperature, max_new_tokens, self.tokenizer.eos_ids)
 
     def evaluate(
         self,
@@ -67,7 +67,7 @@ class Policy:
             params,
             examples,
             self.prompt_format,
-            self.tokenizer.eos_id,
+            self.tokenizer.eos_ids,
             cfg,
             scorer,
             show_progress,

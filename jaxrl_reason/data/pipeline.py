@@ -56,9 +56,7 @@ def tokenize_examples(
     The prompt of example i is `prompt_format.format(question)`, or `prompts[i]` when
     per-example prompt texts are given (e.g. RCRL's prompts, each with its return token).
     """
-    prompt_ids = tokenizer.encode_batch(
-        prompt_texts(examples, prompt_format, prompts), add_bos=True
-    )
+    prompt_ids = tokenizer.encode_batch(prompt_texts(examples, prompt_format, prompts))
     responses = tokenizer.encode_batch(
         [ex.solution for ex in examples], add_bos=False, add_eos=True
     )

@@ -1,7 +1,9 @@
 """Tokenizers: one interface over sentencepiece `.model` files and HF `tokenizer.json`.
 
-`decode` never stops early and drops pad/bos/eos ids, so decoded text holds exactly
-the visible tokens (including user-defined symbols such as RCRL's `[GOOD]`).
+`decode` never stops early and drops pad/bos/every eos id, so decoded text holds exactly
+the visible tokens (including user-defined symbols such as RCRL's `[GOOD]`). An HF
+tokenizer's special tokens, eos ids and chat template come from its directory's files
+(`hf_tokenizer_files`), never from a list of likely names.
 
 pad id policy: a sentencepiece model with no pad piece (Llama-2 has none) pads with id
 0 when 0 is neither bos nor eos (Llama-2's `<unk>`), else with eos. Padding positions
@@ -16,6 +18,8 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from jaxrl_reason.data.chat_template import render_chat
+from jaxrl_reason.data.hf_tokenizer_files import TokenizerFiles, read_tokenizer_files
 from jaxrl_reason.validation import NON_NEGATIVE, POSITIVE, check_value
 
 # sentencepiece's own (RuntimeError) words for a vocabulary the text cannot fill, one too
@@ -27,15 +31,25 @@ _DATA_DIR_TASKS = {"gsm8k": "train.jsonl and test.jsonl", "svamp": "SVAMP.json"}
 
 
 class Tokenizer(abc.ABC):
-    """Text <-> ids. Subclasses define the four ids and `_encode` / `_decode`."""
+    """Text <-> ids. Subclasses define the ids and `_encode` / `_decode`.
+
+    `encode(text)` adds what the tokenizer itself adds: a sentencepiece model a BOS; an HF
+    tokenizer what `transformers` adds with `add_special_tokens=True` (SmolLM2 and Qwen
+    nothing, Llama a BOS). `add_bos=True` / `False` forces a BOS / no special tokens.
+    """
 
     @property
     @abc.abstractmethod
-    def bos_id(self) -> int: ...
+    def bos_id(self) -> int | None: ...
 
     @property
     @abc.abstractmethod
     def eos_id(self) -> int: ...
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every id that ends a sequence, `eos_id` first: where sampling stops."""
+        return (self.eos_id,)
 
     @property
     @abc.abstractmethod
@@ -45,33 +59,61 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def vocab_size(self) -> int: ...
 
+    chat_template: str | None = None  # the model's jinja chat template (HF tokenizers)
+    template_variables: dict[str, str] = {}  # what the template sees: bos_token, eos_token...
+    _template_source: str | None = None
+
+    def apply_chat_template(
+        self, messages: Sequence[dict], add_generation_prompt: bool = False, **variables
+    ) -> str:
+        """`messages` ({"role", "content"} dicts) as the model's chat template writes them:
+        the text of `transformers`' `apply_chat_template(..., tokenize=False)`. Its ids are
+        `encode(text)` (no second BOS: see `HFTokenizer`)."""
+        if self.chat_template is None:
+            raise ValueError(
+                f"{self.path} has no chat template (no chat_template.jinja, no chat_template "
+                "in tokenizer_config.json): use a model's HF tokenizer, or pass chat_template="
+            )
+        variables = {**self.template_variables, **variables}
+        return render_chat(
+            self.chat_template, messages, add_generation_prompt, self._template_source, **variables
+        )
+
     @abc.abstractmethod
     def _encode(self, texts: list[str]) -> list[list[int]]: ...
 
     @abc.abstractmethod
     def _decode(self, ids: list[list[int]]) -> list[str]: ...
 
-    def encode(self, text: str, add_bos: bool = True, add_eos: bool = False) -> list[int]:
-        """Ids of `text`, optionally wrapped in bos/eos."""
+    def _specials(
+        self, text: str, add_bos: bool | None, add_eos: bool
+    ) -> tuple[list[int], list[int]]:
+        """The ids put before and after `text`'s own (here: a BOS unless told not to)."""
+        return [self.bos_id] if add_bos is not False else [], [self.eos_id] if add_eos else []
+
+    def encode(self, text: str, add_bos: bool | None = None, add_eos: bool = False) -> list[int]:
+        """Ids of `text`, with the tokenizer's own special tokens (see the class), optionally
+        ending in eos."""
         return self.encode_batch([text], add_bos=add_bos, add_eos=add_eos)[0]
 
     def encode_batch(
-        self, texts: Sequence[str], add_bos: bool = True, add_eos: bool = False
+        self, texts: Sequence[str], add_bos: bool | None = None, add_eos: bool = False
     ) -> list[list[int]]:
         """`encode` for many texts at once (faster: one native call)."""
-        out = self._encode(list(texts))
-        return [
-            ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
-            for ids in out
-        ]
+        texts = list(texts)
+        out = []
+        for text, ids in zip(texts, self._encode(texts)):
+            before, after = self._specials(text, add_bos, add_eos)
+            out.append(before + ids + after)
+        return out
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of `ids`, skipping pad, bos and eos."""
+        """Text of `ids`, skipping pad, bos and every eos."""
         return self.decode_batch([ids])[0]
 
     def decode_batch(self, batch: Iterable[Sequence[int]]) -> list[str]:
         """`decode` for many id sequences (numpy rows are fine)."""
-        skip = {self.pad_id, self.bos_id, self.eos_id}
+        skip = {self.pad_id, self.bos_id, *self.eos_ids}
         return self._decode([[int(i) for i in ids if int(i) not in skip] for ids in batch])
 
 
@@ -111,24 +153,28 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.decode(ids)
 
 
-_BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>", "[BOS]", "<|startoftext|>")
-_EOS_CANDIDATES = ("<|end_of_text|>", "<|eot_id|>", "</s>", "<eos>", "[EOS]", "<|endoftext|>")
-_PAD_CANDIDATES = ("<pad>", "[PAD]", "<|pad|>", "<|finetune_right_pad_id|>")
-
-
 class HFTokenizer(Tokenizer):
-    """A Hugging Face `tokenizer.json` via the `tokenizers` library.
+    """A Hugging Face tokenizer directory (or its tokenizer.json), via `tokenizers`.
 
-    bos/eos/pad are given by name or detected among common special tokens; with no pad
-    token, pad = eos.
+    The special tokens, the ids `encode` adds, every eos id and the chat template are read
+    from the files beside tokenizer.json (`hf_tokenizer_files`), never guessed, so
+    `encode(text)` equals `AutoTokenizer.from_pretrained(dir)(text).input_ids`. One
+    deliberate difference: a text that already starts with the BOS token (a chat template
+    wrote it) gets no special tokens added, which is how `apply_chat_template` tokenizes it.
+    A tokenizer.json alone is read where it is unambiguous (the BOS/EOS its post_processor
+    adds). With no pad token, pad = eos. Explicit arguments override the files: `eos_token`
+    may list several tokens (the first is `eos_id`); `add_bos` says whether `encode` adds
+    a BOS.
     """
 
     def __init__(
         self,
         path: str | os.PathLike,
         bos_token: str | None = None,
-        eos_token: str | None = None,
+        eos_token: str | Sequence[str] | None = None,
         pad_token: str | None = None,
+        add_bos: bool | None = None,
+        chat_template: str | None = None,
     ):
         from tokenizers import Tokenizer as _HF
 
@@ -139,28 +185,120 @@ class HFTokenizer(Tokenizer):
             raise FileNotFoundError(f"tokenizer.json not found: {path}")
         self.path = path
         self._tok = _HF.from_file(str(path))
-        self._bos = self._find(bos_token, _BOS_CANDIDATES, "bos")
-        self._eos = self._find(eos_token, _EOS_CANDIDATES, "eos")
-        pad = self._find(pad_token, _PAD_CANDIDATES, "pad", required=False)
-        self._pad = self._eos if pad is None else pad
+        files = read_tokenizer_files(path.parent)
+        prefix, suffix = self._post_processor_ids()
+        named = dict(files.named)
+        if not files.has_config:  # tokenizer.json alone: the tokens its post_processor adds
+            for key, ids in (("bos_token", prefix), ("eos_token", suffix)):
+                if len(ids) == 1:
+                    named.setdefault(key, self._tok.id_to_token(ids[0]))
+        eos_tokens = [eos_token] if isinstance(eos_token, str) else list(eos_token or ())
+        given = {"bos_token": bos_token, "pad_token": pad_token}
+        given["eos_token"] = eos_tokens[0] if eos_tokens else None
+        named.update({k: v for k, v in given.items() if v is not None})
+        self.template_variables = {**files.named, **{k: v for k, v in given.items() if v}}
 
-    def _find(
-        self, name: str | None, candidates: tuple[str, ...], what: str, required: bool = True
-    ):
-        for token in (name,) if name is not None else candidates:
-            token_id = self._tok.token_to_id(token)
-            if token_id is not None:
-                return token_id
-        if required:
+        bos = named.get("bos_token")
+        self._bos = None if bos is None else self._id(bos, "bos_token", files)
+        if eos_tokens:
+            eos_ids = [self._id(t, "eos_token", files) for t in eos_tokens]
+        else:
+            primary = named.get("eos_token")
+            eos_ids = [] if primary is None else [self._id(primary, "eos_token", files)]
+            eos_ids += [self._check_id(i, files) for i in files.eos_token_ids]
+        if not eos_ids:
+            raise ValueError(self._no_eos_message(files))
+        self._eos_ids = tuple(dict.fromkeys(eos_ids))
+        pad = named.get("pad_token")
+        self._pad = self._eos_ids[0] if pad is None else self._id(pad, "pad_token", files)
+
+        # What encode adds is the post_processor's (prefix, suffix): transformers 5 ignores
+        # tokenizer_config's add_bos_token / add_eos_token beside a tokenizer.json.
+        if add_bos is not None:
+            if add_bos and self._bos is None:
+                raise ValueError(f"{path}: add_bos=True but there is no bos token; pass bos_token=")
+            prefix = [self._bos] if add_bos else []
+        self._prefix, self._suffix = prefix, suffix
+        self._bos_text = bos
+        self.chat_template = files.chat_template if chat_template is None else chat_template
+        self._template_source = files.chat_template_source
+        if chat_template is not None:
+            self._template_source = "the chat_template argument"
+
+    def _post_processor_ids(self) -> tuple[list[int], list[int]]:
+        """The ids tokenizer.json's post_processor puts before and after a text's own."""
+        if self._tok.post_processor is None:
+            return [], []
+        for probe in ("a", "0", " ", "the"):
+            try:
+                raw = self._tok.encode(probe, add_special_tokens=False).ids
+                full = self._tok.encode(probe, add_special_tokens=True).ids
+            except Exception:  # a word-level vocabulary without the probe and no unk token
+                continue
+            for i in range(len(full) - len(raw) + 1) if raw else ():
+                if full[i : i + len(raw)] == raw:
+                    return full[:i], full[i + len(raw) :]
+        raise ValueError(
+            f"{self.path}: cannot tell which ids its post_processor adds (it changes the "
+            "text's own ids); pass add_bos= and check encode() against transformers"
+        )
+
+    def _id(self, token: str, field: str, files: TokenizerFiles) -> int:
+        token_id = self._tok.token_to_id(token)
+        if token_id is None:
+            where = files.config_path if token == files.named.get(field) else f"{field}="
             raise ValueError(
-                f"{self.path}: no {what} token among {name or candidates}; pass {what}_token="
+                f"{where}: {field} {token!r} is not a token of {self.path}; fix the file or "
+                f"pass {field}= (a token the tokenizer has)"
             )
-        return None
+        return token_id
+
+    def _check_id(self, token_id: int, files: TokenizerFiles) -> int:
+        if token_id >= self.vocab_size:
+            raise ValueError(
+                f"{files.eos_ids_source}: eos_token_id {token_id} is not an id of {self.path} "
+                f"({self.vocab_size} tokens); fix the file or pass eos_token="
+            )
+        return token_id
+
+    def _no_eos_message(self, files: TokenizerFiles) -> str:
+        if not files.has_config:
+            return (
+                f"{files.directory}: no eos token: there is no tokenizer_config.json beside "
+                f"{self.path.name} (nor a generation_config.json with eos_token_id); copy "
+                "them from the model's Hugging Face repository, or pass eos_token="
+            )
+        return (
+            f"{files.config_path}: no eos_token, and no generation_config.json or config.json "
+            "with eos_token_id; add eos_token to the config, or pass eos_token="
+        )
 
     bos_id = property(lambda self: self._bos)
-    eos_id = property(lambda self: self._eos)
+    eos_id = property(lambda self: self._eos_ids[0])
+    eos_ids = property(lambda self: self._eos_ids)
     pad_id = property(lambda self: self._pad)
     vocab_size = property(lambda self: self._tok.get_vocab_size(with_added_tokens=True))
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token as the vocabulary holds it (e.g. "<|im_end|>")."""
+        return self._tok.id_to_token(token_id)
+
+    def _specials(
+        self, text: str, add_bos: bool | None, add_eos: bool
+    ) -> tuple[list[int], list[int]]:
+        if add_bos is None:
+            before, after = self._prefix, self._suffix
+            if before and self._bos_text is not None and text.startswith(self._bos_text):
+                before, after = [], []  # the text writes its own BOS: add nothing (see class)
+        elif add_bos:
+            if self._bos is None:
+                raise ValueError(f"{self.path}: the tokenizer has no bos token to add")
+            before, after = [self._bos], []
+        else:
+            before, after = [], []
+        if add_eos and after[-1:] != [self.eos_id]:
+            after = [*after, self.eos_id]
+        return before, after
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]

@@ -61,14 +61,15 @@ def greedy_only(cfg: EvalConfig) -> EvalConfig:
 
 
 def sampling_config(
-    num_samples: int, temperature: float, max_new_tokens: int, eos_id: int
+    num_samples: int, temperature: float, max_new_tokens: int, eos_ids: Sequence[int]
 ) -> SamplingConfig:
-    """How evaluation and the algorithms sample: stop at EOS, prompt counts bucketed by 8."""
+    """How evaluation and the algorithms sample: stop at any of the tokenizer's eos ids,
+    prompt counts bucketed by 8."""
     return SamplingConfig(
         num_samples=num_samples,
         temperature=temperature,
         max_new_tokens=max_new_tokens,
-        eos_ids=(eos_id,),
+        eos_ids=tuple(eos_ids),
         batch_bucket=8,
     )
 
@@ -89,7 +90,7 @@ def evaluate_policy(
     params: Any,
     examples: Sequence[Example],
     prompt_format: PromptFormat,
-    eos_id: int,
+    eos_ids: Sequence[int],
     cfg: EvalConfig,
     scorer: Scorer | None = None,
     show_progress: bool = False,
@@ -102,7 +103,7 @@ def evaluate_policy(
     if not examples:
         raise ValueError("evaluate_policy: no examples to evaluate")
     rng = jax.random.key(cfg.seed)
-    base = sampling_config(1, 0.0, cfg.max_new_tokens, eos_id)
+    base = sampling_config(1, 0.0, cfg.max_new_tokens, eos_ids)
     sample = lambda sampling, key, desc: sample_rollouts(
         text_sampler,
         prompt_format,

@@ -14,12 +14,14 @@ from jaxrl_reason.sampling.sampler import Sampler
 
 
 class TokenizerLike(Protocol):
-    bos_id: int
+    bos_id: int | None
     eos_id: int
+    eos_ids: tuple[int, ...]  # every end-of-sequence id, eos_id first
     pad_id: int
     vocab_size: int
 
-    def encode(self, text: str, add_bos: bool = True, add_eos: bool = False) -> list[int]: ...
+    def encode(self, text: str, add_bos: bool | None = None, add_eos: bool = False) -> list[int]:
+        """add_bos None: the special tokens the tokenizer itself adds (see data.tokenizer)."""
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
@@ -42,7 +44,7 @@ class TextSamples:
     policy_logprobs: np.ndarray  # [B, K, T] float32, raw policy
     stopped_by_eos: np.ndarray  # [B, K] bool
     stopped_by_sequence: np.ndarray  # [B, K] bool
-    prompt_ids: list[list[int]]  # [B] the tokenized prompts (BOS included)
+    prompt_ids: list[list[int]]  # [B] the tokenized prompts (with the tokenizer's BOS, if any)
 
 
 def _first_stop(text: str, stop_sequences: Sequence[str]) -> int:
@@ -65,7 +67,8 @@ def _tokens_covering(tokenizer: TokenizerLike, ids: Sequence[int], chars: int) -
 
 
 class TextSampler:
-    """`Sampler` plus a tokenizer. When `cfg.eos_ids` is empty the tokenizer's EOS is used."""
+    """`Sampler` plus a tokenizer. When `cfg.eos_ids` is empty, the tokenizer's eos ids
+    (every one: Llama-3 and Qwen end turns on several) are used."""
 
     def __init__(self, sampler: Sampler, tokenizer: TokenizerLike) -> None:
         if tokenizer.vocab_size > sampler.config.vocab_size:
@@ -90,9 +93,9 @@ class TextSampler:
                 "prompts must be a list of strings, got a single string; wrap it in a list"
             )
         tok = self.tokenizer
-        prompt_ids = [tok.encode(p, add_bos=True) for p in prompts]
+        prompt_ids = [tok.encode(p) for p in prompts]
         if not cfg.eos_ids:
-            cfg = cfg.replace(eos_ids=(tok.eos_id,))
+            cfg = cfg.replace(eos_ids=tuple(tok.eos_ids))
         out = self.sampler.sample(params, prompt_ids, cfg, rng)
 
         b, k, t = out.tokens.shape

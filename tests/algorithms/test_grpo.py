@@ -304,7 +304,8 @@ def test_truncated_samples_are_detected_and_can_be_masked(
     eos = tiny_policy.tokenizer.eos_id
     ids = [[5, 6, eos], [5, 6, 7, 8], [5, 6, 7, eos], [5]]  # budget 4: only row 1 is cut
     r = Rollouts([arith_examples[0]] * 4, ["t"] * 4, [[1]] * 4, ids, [np.zeros(1)] * 4, 4)
-    assert grpo.truncated(r, eos, 4).tolist() == [False, True, False, False]
+    assert grpo.truncated(r, (eos,), 4).tolist() == [False, True, False, False]
+    assert grpo.truncated(r, (eos, 8), 4).tolist() == [False] * 4  # a second end id ends too
 
     monkeypatch.setattr(grpo, "rollout_rewards", _low_ids_reward)
     monkeypatch.setattr(grpo, "truncated", lambda r, eos, n: np.ones(len(r), np.bool_))

@@ -1,5 +1,7 @@
 """Prompt formats, few-shot exemplars, stop sequences and gin selection."""
 
+import dataclasses
+
 import gin
 import pytest
 
@@ -32,5 +34,31 @@ def test_gin_selects_format():
     finally:
         gin.clear_config()
     assert prompt_format() == zero_shot()
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="kind 'chat_ml'.*'chat'"):
+        prompt_format(kind="chat_ml")
+    with pytest.raises(ValueError, match="chat template: pass tokenizer="):
         prompt_format(kind="chat")
+
+
+def test_gin_selects_chat(tmp_path):
+    from jaxrl_reason.data.tokenizer import HFTokenizer
+    from tests.data.test_hf_tokenizers import _layout
+
+    tok = HFTokenizer(
+        _layout(tmp_path, "qwen"),
+        chat_template="{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}"
+        "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}",
+    )
+    with gin.unlock_config():
+        gin.parse_config(
+            ["prompt_format.kind = 'chat'", "prompt_format.system = 'Be brief.'"]
+            + ["prompt_format.instruction = 'End with ####.'"]
+        )
+    try:
+        fmt = prompt_format(tokenizer=tok)
+    finally:
+        gin.clear_config()
+    want = "<system>Be brief.<|im_end|><user>{q}\n\nEnd with ####.<|im_end|><assistant>"
+    assert fmt.format("2+2?") == want.format(q="2+2?")
+    assert fmt.stop_sequences == ("<|im_end|>", "<|end_of_text|>")
+    assert dataclasses.asdict(fmt).keys() == dataclasses.asdict(zero_shot()).keys()

@@ -1,5 +1,7 @@
 """Tokenizers: sentencepiece training and round trips, HF tokenizer.json loading."""
 
+import json
+
 import pytest
 
 from jaxrl_reason.data.arith import generate_arith
@@ -15,10 +17,11 @@ from jaxrl_reason.data.tokenizer import (
 
 def test_sentencepiece_ids(arith_tokenizer):
     tok = arith_tokenizer
-    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 2, 3)
+    assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.eos_ids) == (0, 2, 3, (3,))
     assert 300 < tok.vocab_size <= 512
     ids = tok.encode("Tom has 12 apples.", add_bos=True, add_eos=True)
     assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+    assert tok.encode("Tom") == ids[:1] + tok.encode("Tom", add_bos=False)  # BOS by default
     assert all(0 <= i < tok.vocab_size for i in ids)
 
 
@@ -74,12 +77,15 @@ def _tiny_hf_tokenizer(path):
 def test_hf_tokenizer(tmp_path):
     path = tmp_path / "tokenizer.json"
     _tiny_hf_tokenizer(path)
+    config = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     tok = load_tokenizer(path)
     assert isinstance(tok, HFTokenizer)
-    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+    assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.eos_ids) == (0, 1, 2, (2,))
     text = "Tom has 3+4=<<3+4=7>>7 apples.\n#### 7"
     ids = tok.encode(text, add_bos=True, add_eos=True)
     assert ids[0] == 1 and ids[-1] == 2
+    assert tok.encode(text) == ids[1:-1]  # no post_processor: HF adds nothing
     assert tok.decode(ids) == text
     assert load_tokenizer(tmp_path).vocab_size == tok.vocab_size  # a directory works too
 
@@ -88,9 +94,11 @@ def test_hf_tokenizer_explicit_tokens_and_errors(tmp_path):
     path = tmp_path / "tokenizer.json"
     _tiny_hf_tokenizer(path)
     tok = HFTokenizer(path, bos_token="</s>", eos_token="<s>")
-    assert (tok.bos_id, tok.eos_id) == (2, 1)
-    with pytest.raises(ValueError, match="bos"):
-        HFTokenizer(path, bos_token="<|begin_of_text|>")
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (2, 1, 1)  # no pad token: pad = eos
+    with pytest.raises(ValueError, match="bos_token '<\\|begin_of_text\\|>' is not a token"):
+        HFTokenizer(path, bos_token="<|begin_of_text|>", eos_token="</s>")
+    with pytest.raises(ValueError, match="no eos token: there is no tokenizer_config.json"):
+        HFTokenizer(path)  # a tokenizer.json alone names no eos: nothing is guessed
     with pytest.raises(FileNotFoundError):
         load_tokenizer(tmp_path / "missing.model")
     with pytest.raises(ValueError, match="tokenizer type"):

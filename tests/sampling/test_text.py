@@ -6,6 +6,7 @@ import pytest
 
 from jaxrl_reason.sampling import SampleOutput, Sampler, SamplingConfig
 from jaxrl_reason.sampling.text import TextSampler
+from tests.sampling.conftest import greedy_reference
 
 PIECES = ["<pad>", "<s>", "</s>"] + list("0123456789QA: \n+=#abc") + ["a\n", "\nQ:"]
 
@@ -14,6 +15,7 @@ class CharTokenizer:
     """Character-level fake with two multi-character pieces ("a\\n", "\\nQ:")."""
 
     pad_id, bos_id, eos_id = 0, 1, 2
+    eos_ids = (2,)
     vocab_size = 64
 
     def encode(self, text, add_bos=True, add_eos=False):
@@ -95,3 +97,24 @@ def test_single_string_is_rejected():
         TextSampler(ScriptedSampler([[3]]), CharTokenizer()).generate(
             None, "Q: 1", SamplingConfig(), jax.random.key(0)
         )
+
+
+def test_every_eos_id_of_the_tokenizer_ends_a_sample(tiny):
+    # Llama-3 / Qwen style: a second end id that greedy decoding reaches first.
+    cfg, params = tiny
+    prompt = CharTokenizer().encode("Q: 1+2")
+    free = greedy_reference(cfg, params, prompt, 12)
+    j = next(i for i, t in enumerate(free) if i >= 1 and t not in free[:i] and t > 2)
+
+    class TwoEnds(CharTokenizer):
+        eos_ids = (2, free[j])
+
+    tok = TwoEnds()
+    sc = SamplingConfig(num_samples=1, max_new_tokens=12, temperature=0.0)
+    out = TextSampler(Sampler(cfg, pad_id=0), tok).generate(
+        params, ["Q: 1+2"], sc, jax.random.key(0), stop_sequences=()
+    )
+    assert greedy_reference(cfg, params, prompt, 12, eos_ids=tok.eos_ids) == free[: j + 1]
+    assert out.num_tokens.tolist() == [[j + 1]] and out.stopped_by_eos.tolist() == [[True]]
+    assert out.tokens[0, 0, : j + 1].tolist() == free[: j + 1]
+    assert out.texts == [[tok.decode(free[:j])]]  # the end token itself is not text
