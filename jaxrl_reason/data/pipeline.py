@@ -51,7 +51,7 @@ def tokenize_examples(
     prompt_format: PromptFormat | None,
     prompts: Sequence[str] | None = None,
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """(prompt ids with bos, response ids with eos) per example.
+    """(prompt ids with the tokenizer's bos if it adds one, response ids with eos) per example.
 
     The prompt of example i is `prompt_format.format(question)`, or `prompts[i]` when
     per-example prompt texts are given (e.g. RCRL's prompts, each with its return token).

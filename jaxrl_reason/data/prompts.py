@@ -13,6 +13,7 @@ run's run.json records the exact prompt text.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from jaxrl_reason.data.tokenizer import Tokenizer
 
 STOP_SEQUENCES = ("\nQ:", "\n\n\n")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +99,17 @@ def chat(tokenizer: Tokenizer, system: str | None = None, instruction: str = "")
             "once, so it cannot be a fixed prompt format; use prompt_format kind 'zero_shot'"
         )
     head, tail = first.split(_STAND_INS[0])
+    bos = tokenizer.bos_id
+    adds_bos = bos is not None and tokenizer.encode("")[:1] == [bos]
+    if adds_bos and not head.startswith(tokenizer.token_text(bos)):
+        log.warning(
+            "the chat template of %s does not write the BOS its tokenizer adds: chat "
+            "prompts get one, which transformers' apply_chat_template would not add",
+            tokenizer.path,
+        )
     stops = [tokenizer.token_text(i) for i in tokenizer.eos_ids]
     try:
-        after = render(_STAND_INS[0], _STAND_INS[1]).split(_STAND_INS[1], 1)[1].split()
+        after = render(_STAND_INS[0], _STAND_INS[1]).partition(_STAND_INS[1])[2].split()
     except ValueError:  # a template that refuses a finished turn: the eos texts only
         after = []
     stops += after[:1]

@@ -146,6 +146,10 @@ class SentencePieceTokenizer(Tokenizer):
         """The id of a piece (e.g. a user-defined symbol such as `[GOOD]`)."""
         return self._sp.piece_to_id(piece)
 
+    def token_text(self, token_id: int) -> str:
+        """The piece of one id as the model holds it (e.g. "</s>")."""
+        return self._sp.id_to_piece(token_id)
+
     def _encode(self, texts: list[str]) -> list[list[int]]:
         return self._sp.encode(texts)
 

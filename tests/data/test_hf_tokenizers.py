@@ -373,3 +373,10 @@ def test_no_chat_template_is_named(tmp_path, arith_tokenizer):
         prompt_format(kind="chat", tokenizer=arith_tokenizer)
     with pytest.raises(ValueError, match="pass tokenizer="):
         prompt_format(kind="chat")
+
+
+def test_a_template_without_the_bos_its_tokenizer_adds_is_flagged(tmp_path, caplog):
+    tok = HFTokenizer(_layout(tmp_path, "llama3"), chat_template="{{ messages[0].content }}")
+    fmt = prompt_format(kind="chat", tokenizer=tok)
+    assert "does not write the BOS its tokenizer adds" in caplog.text
+    assert tok.encode(fmt.format("hi"))[0] == tok.bos_id  # prompts still get the BOS
