@@ -167,8 +167,8 @@ class HFTokenizer(Tokenizer):
     wrote it) gets no special tokens added, which is how `apply_chat_template` tokenizes it.
     A tokenizer.json alone is read where it is unambiguous (the BOS/EOS its post_processor
     adds). With no pad token, pad = eos. Explicit arguments override the files: `eos_token`
-    may list several tokens (the first is `eos_id`); `add_bos` says whether `encode` adds
-    a BOS.
+    may list several tokens (the first is `eos_id`); `add_bos` (True: a BOS, False:
+    nothing) replaces what the post_processor adds.
     """
 
     def __init__(
@@ -190,7 +190,9 @@ class HFTokenizer(Tokenizer):
         self.path = path
         self._tok = _HF.from_file(str(path))
         files = read_tokenizer_files(path.parent)
-        prefix, suffix = self._post_processor_ids()
+        # What encode adds is the post_processor's (prefix, suffix): transformers 5 ignores
+        # tokenizer_config's add_bos_token / add_eos_token beside a tokenizer.json.
+        prefix, suffix = ([], []) if add_bos is not None else self._post_processor_ids()
         named = dict(files.named)
         if not files.has_config:  # tokenizer.json alone: the tokens its post_processor adds
             for key, ids in (("bos_token", prefix), ("eos_token", suffix)):
@@ -216,8 +218,6 @@ class HFTokenizer(Tokenizer):
         pad = named.get("pad_token")
         self._pad = self._eos_ids[0] if pad is None else self._id(pad, "pad_token", files)
 
-        # What encode adds is the post_processor's (prefix, suffix): transformers 5 ignores
-        # tokenizer_config's add_bos_token / add_eos_token beside a tokenizer.json.
         if add_bos is not None:
             if add_bos and self._bos is None:
                 raise ValueError(f"{path}: add_bos=True but there is no bos token; pass bos_token=")
@@ -244,7 +244,7 @@ class HFTokenizer(Tokenizer):
                     return full[:i], full[i + len(raw) :]
         raise ValueError(
             f"{self.path}: cannot tell which ids its post_processor adds (it changes the "
-            "text's own ids); pass add_bos= and check encode() against transformers"
+            "text's own ids); pass add_bos= (True: a BOS, False: nothing) to set it"
         )
 
     def _id(self, token: str, field: str, files: TokenizerFiles) -> int:
