@@ -64,13 +64,87 @@ def model_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     return tokens, positions, batch.get("input_mask")
 
 
-def sft_loss_fn(model: Transformer) -> LossFn:
-    """The SFT loss: response cross-entropy of `model` on batch {tokens, loss_mask, ...}."""
+# Above this many bytes of float32 logits [B, T, V], the SFT loss computes them in chunks.
+CHUNKED_LOGITS_BYTES = 256 * 2**20
+LOGIT_CHUNK_TOKENS = 1024  # B x chunk rows of logits at a time
+
+
+def lm_head_weights(config: Any, params: Any) -> jax.Array:
+    """The [D, V] output projection of `params` (the embedding table when tied)."""
+    return params["embedding"].T if config.tie_embeddings else params["lm_head"]
+
+
+def chunked_response_cross_entropy(
+    config: Any,
+    hidden: jax.Array,
+    lm_head: jax.Array,
+    tokens: jax.Array,
+    loss_mask: jax.Array,
+    chunk_tokens: int = LOGIT_CHUNK_TOKENS,
+) -> tuple[jax.Array, Metrics]:
+    """`response_cross_entropy` from the final hidden states [B, T, D], never holding the
+    [B, T, V] logits: they are made `chunk_tokens` positions at a time and, in the backward
+    pass, made again (`jax.checkpoint`) instead of stored.
+
+    Why: with a 49k-256k vocabulary the float32 logits and their gradient are the largest
+    tensors of a training step (SmolLM2 at batch 8 x 256: 0.4 GB each; BENCHMARKS.md).
+    Each logit is computed as the model computes it, so the loss equals the unchunked one
+    to float32 rounding (tests/training/test_losses.py).
+    """
+    chex.assert_equal_shape((tokens, loss_mask))
+    b, t, d = hidden.shape
+    n = t - 1  # positions with a next token
+    c = max(1, min(chunk_tokens // max(b, 1), n))
+    chunks = -(-n // c)
+    pad = chunks * c - n
+    h = jnp.pad(hidden[:, :-1], ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, pad)))
+    # [chunks, B, c, ...]: one row of the map per chunk of positions.
+    h = h.reshape(b, chunks, c, d).swapaxes(0, 1)
+    targets = targets.reshape(b, chunks, c).swapaxes(0, 1)
+    w = lm_head.astype(config.compute_dtype)
+
+    @jax.checkpoint
+    def chunk(args: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        h_c, y_c = args
+        logits = jnp.einsum("BTD,DV->BTV", h_c, w).astype(jnp.float32)
+        target = jnp.take_along_axis(logits, y_c[..., None], axis=-1)[..., 0]
+        logp = target - jax.nn.logsumexp(logits, axis=-1)
+        return logp, jnp.argmax(logits, axis=-1) == y_c
+
+    logp, correct = jax.lax.map(chunk, (h, targets))
+    logp = logp.swapaxes(0, 1).reshape(b, chunks * c)[:, :n]
+    correct = correct.swapaxes(0, 1).reshape(b, chunks * c)[:, :n]
+    weights = loss_mask[:, 1:].astype(jnp.float32)
+    num_tokens = jnp.sum(weights)
+    denom = jnp.maximum(num_tokens, 1.0)
+    loss = -jnp.sum(logp * weights) / denom
+    accuracy = jnp.sum(correct * weights) / denom
+    return loss, {"loss": loss, "num_tokens": num_tokens, "accuracy": accuracy}
+
+
+def sft_loss_fn(model: Transformer, chunked: bool | None = None) -> LossFn:
+    """The SFT loss: response cross-entropy of `model` on batch {tokens, loss_mask, ...}.
+
+    `chunked` (None: when a batch's float32 logits exceed `CHUNKED_LOGITS_BYTES`) computes
+    it by `chunked_response_cross_entropy`, which never stores the logits.
+    """
+    config = model.config
 
     def loss_fn(params: Any, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]:
         del rng  # deterministic: no dropout in the model
         tokens, positions, input_mask = model_inputs(batch)
-        out = model.apply({"params": params}, tokens, positions, input_mask)
-        return response_cross_entropy(out.logits, tokens, batch["loss_mask"])
+        use_chunks = chunked
+        if use_chunks is None:
+            use_chunks = tokens.size * config.vocab_size * 4 > CHUNKED_LOGITS_BYTES
+        if not use_chunks:
+            out = model.apply({"params": params}, tokens, positions, input_mask)
+            return response_cross_entropy(out.logits, tokens, batch["loss_mask"])
+        out = model.apply(
+            {"params": params}, tokens, positions, input_mask, return_logits=False
+        )
+        return chunked_response_cross_entropy(
+            config, out.hidden, lm_head_weights(config, params), tokens, batch["loss_mask"]
+        )
 
     return loss_fn

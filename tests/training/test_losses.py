@@ -3,8 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from jaxrl_reason.training import response_cross_entropy, token_logprobs
+from jaxrl_reason.model import ModelConfig, Transformer, init_params
+from jaxrl_reason.training import losses, response_cross_entropy, token_logprobs
 
 
 def _random_case(seed=0, b=3, t=7, v=11):
@@ -69,3 +71,67 @@ def test_empty_mask_gives_zero_loss_not_nan():
     logits, tokens, _ = _random_case(seed=3)
     loss, metrics = response_cross_entropy(logits, tokens, np.zeros(tokens.shape, np.float32))
     assert float(loss) == 0.0 and float(metrics["num_tokens"]) == 0.0
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_chunked_cross_entropy_equals_the_full_logits_one(tie):
+    """Loss, metrics and gradients of the chunked SFT loss equal the plain one (to float32
+    rounding), for chunk sizes that do and do not divide the positions."""
+    config = ModelConfig(
+        vocab_size=97,
+        d_model=32,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        mlp_dim=64,
+        max_seq_len=64,
+        tie_embeddings=tie,
+    )
+    model = Transformer(config)
+    params = init_params(config, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (3, 11), 0, config.vocab_size)
+    mask = (jnp.arange(11)[None] >= jnp.array([[2], [5], [9]])).astype(jnp.int32)
+    batch = {"tokens": tokens, "loss_mask": mask}
+    rng = jax.random.key(2)
+    plain = jax.value_and_grad(losses.sft_loss_fn(model, chunked=False), has_aux=True)
+    chunked = jax.value_and_grad(losses.sft_loss_fn(model, chunked=True), has_aux=True)
+    (loss_a, m_a), g_a = plain(params, batch, rng)
+    (loss_b, m_b), g_b = chunked(params, batch, rng)
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
+    for k in m_a:
+        np.testing.assert_allclose(m_b[k], m_a[k], rtol=1e-6, err_msg=k)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7), g_a, g_b)
+    # Chunks that do not divide the 10 positions (4 rows of 3 x 1 position... 3 x 2).
+    out = model.apply(
+        {"params": params},
+        tokens,
+        return_logits=False,
+        positions=jnp.broadcast_to(jnp.arange(11), tokens.shape),
+    )
+    loss_c, _ = losses.chunked_response_cross_entropy(
+        config, out.hidden, losses.lm_head_weights(config, params), tokens, mask, chunk_tokens=6
+    )
+    np.testing.assert_allclose(loss_c, loss_a, rtol=1e-6)
+
+
+def test_sft_loss_chunks_only_large_logits():
+    """The default switches to chunks above CHUNKED_LOGITS_BYTES of logits: the built-in
+    demo's small vocabulary keeps the plain (bitwise unchanged) loss."""
+    small = ModelConfig(
+        vocab_size=512,
+        d_model=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        mlp_dim=64,
+    )
+    tokens = jax.ShapeDtypeStruct((8, 256), jnp.int32)
+    batch = {"tokens": tokens, "loss_mask": tokens}
+    for config, want in ((small, False), (small.replace(vocab_size=49152), True)):
+        fn = losses.sft_loss_fn(Transformer(config))
+        params = jax.eval_shape(lambda c=config: init_params(c, jax.random.key(0)))
+        loss = lambda p, b, fn=fn: fn(p, b, jax.random.key(0))[0]
+        jaxpr = str(jax.make_jaxpr(loss)(params, batch))
+        assert ("checkpoint" in jaxpr or "remat" in jaxpr) == want
