@@ -238,6 +238,11 @@ def _optional_float(x: Any) -> float | None:
     return None if x is None else float(x)
 
 
+def _int_if_whole(x: float | None) -> float | int | None:
+    """transformers 5 types query_pre_attn_scalar as an int (and refuses 256.0)."""
+    return int(x) if x is not None and float(x).is_integer() else x
+
+
 def hf_model_type(config: ModelConfig) -> str:
     """The HF `model_type` whose architecture has exactly `config`'s switches; a config no
     HF architecture computes (e.g. Gemma norms with Llama attention) is refused by field."""
@@ -323,7 +328,7 @@ def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
     else:
         out |= {
             "hidden_activation": act,
-            "query_pre_attn_scalar": c.query_scale,
+            "query_pre_attn_scalar": _int_if_whole(c.query_scale),
             "attn_logit_softcapping": c.attn_softcap,
             "final_logit_softcapping": c.final_softcap,
             "sliding_window": c.sliding_window,
