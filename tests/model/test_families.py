@@ -370,3 +370,20 @@ def test_sliding_layers_need_a_window():
         ModelConfig(num_layers=2, layer_types=("sliding_attention", "full_attention"))
     with pytest.raises(ValueError, match="layer_types has 1 entries for num_layers=2"):
         ModelConfig(num_layers=2, layer_types=("full_attention",), sliding_window=4)
+
+
+def test_flops_per_token_of_sliding_layers():
+    """A sliding layer's query sees min(index, window) keys: w - w^2 / (2 T) on average."""
+    full = ModelConfig(
+        num_layers=2, vocab_size=64, d_model=32, num_heads=2, num_kv_heads=2, head_dim=16
+    )
+    windowed = full.replace(layer_types=("sliding_attention", "full_attention"), sliding_window=8)
+    per_key = 2 * 2 * full.num_heads * full.head_dim  # QK^T and AV
+    saved = per_key * (64 / 2 - (8 - 8 * 8 / (2 * 64)))
+    assert full.flops_per_token(64, False) - windowed.flops_per_token(64, False) == saved
+    wide = windowed.replace(sliding_window=64)  # no shorter than the sequence: no saving
+    assert wide.flops_per_token(64, False) == full.flops_per_token(64, False)
+    # Biases and norms are not matmuls: the switches add parameters, not matmul FLOPs.
+    qwen = full.replace(attention_bias=True, qk_norm=True)
+    assert qwen.flops_per_token(64) == full.flops_per_token(64)
+    assert qwen.num_params() - full.num_params() == 2 * (16 * (2 + 2 * 2) + 2 * 16)
