@@ -95,8 +95,7 @@ def rope_table(
 ) -> tuple[jax.Array, jax.Array]:
     """cos and sin [num_positions, H/2] of positions 0 .. num_positions - 1 (for lookups);
     `local`: of sliding-window layers (see `rope_frequencies`)."""
-    freqs = rope_frequencies(config, local)
-    cos, sin = rope_tables(jnp.arange(num_positions)[None], freqs)
+    cos, sin = rope_tables(jnp.arange(num_positions)[None], rope_frequencies(config, local))
     return cos[0, :, 0], sin[0, :, 0]
 
 
@@ -238,7 +237,11 @@ class Attention(nn.Module):
             qg = q.reshape(b // g, g, *q.shape[1:])
             s = jnp.einsum("BJTKGH,BKSH->BJKGTS", qg, seg_k.astype(dt)).astype(jnp.float32)
             s = _softcap(s, c.attn_softcap)
-            s = jnp.where(_slot_masks(seg_mask)[:, None, None, None], s, _MASKED)
+            if seg_mask.ndim == 2:  # [Bs, S]: every query alike
+                m = seg_mask[:, None, None, None, None, :]
+            else:  # [Bs, T, S]: per query (sliding windows)
+                m = seg_mask[:, None, None, None, :, :]
+            s = jnp.where(m, s, _MASKED)
             scores.append(s.reshape(b, *s.shape[2:]))
             groups.append(g)
         if append_at is None:  # the new tokens attend to each other

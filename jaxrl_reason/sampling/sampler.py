@@ -360,7 +360,6 @@ class Sampler:
         glen = sum(chunks)
         rope = rope_table(plen + glen, c)  # every position a row can reach, computed once
         local_rope = rope_table(plen + glen, c, local=True) if c.rope_local_theta else None
-        prompt_slots = jnp.arange(plen)
         eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
 
         def sample_and_write(state: DecodeState, logits: jax.Array) -> DecodeState:
@@ -391,13 +390,13 @@ class Sampler:
             empty = jnp.zeros((rows, c.num_kv_heads, size, c.head_dim), c.compute_dtype)
             chunk = tuple((self._constrain_gen(empty),) * 2 for _ in range(c.num_layers))
             full = tuple(jnp.ones((1, s.shape[2]), jnp.bool_) for s, _ in earlier[0])
-            # Key slots of the prompt, the earlier chunks and this one (sliding windows).
-            key_slots = (prompt_slots,)
-            offset = 0
-            for s, _ in earlier[0]:
-                key_slots += (plen + offset + jnp.arange(s.shape[2]),)
-                offset += s.shape[2]
-            key_slots += (plen + start + jnp.arange(size),)
+            window_slots = None
+            if c.has_sliding_layers:  # key slots of the prompt, earlier chunks, this chunk
+                key_slots, offset = (jnp.arange(plen),), 0
+                for s, _ in earlier[0]:
+                    key_slots += (plen + offset + jnp.arange(s.shape[2]),)
+                    offset += s.shape[2]
+                window_slots = (key_slots + (plen + start + jnp.arange(size),), plen)
 
             def cond(carry: tuple[DecodeState, Any]) -> jax.Array:
                 state = carry[0]
@@ -423,7 +422,7 @@ class Sampler:
                     (prompt_mask, *full, filled),
                     append_at=i - start,
                     rope_table=rope,
-                    window_slots=(key_slots, plen + i) if c.has_sliding_layers else None,
+                    window_slots=window_slots and (window_slots[0], window_slots[1] + i),
                     local_rope_table=local_rope,
                 )
                 chunk = tuple(tuple(self._constrain_gen(a) for a in kv) for kv in chunk)

@@ -220,11 +220,16 @@ def test_greedy_sampling_equals_generate(hf_dirs, family):
     probe = _generate(model, prompts, 14, None)
     eos = int(probe[0, 5])
     ref = _generate(model, prompts, 14, eos)
-    cfg = SamplingConfig(
-        max_new_tokens=14, temperature=0.0, eos_ids=(eos,), prompt_bucket=4, decode_chunks=3
+    cfg = SamplingConfig(  # generated keys in two chunks of 8: the window crosses both
+        max_new_tokens=14,
+        temperature=0.0,
+        eos_ids=(eos,),
+        prompt_bucket=4,
+        generation_bucket=16,
+        decode_chunks=2,
     )
     out = Sampler(config, pad_id=0).sample(params, prompts, cfg, jax.random.key(0))
-    assert out.stopped_by_eos[:, 0].any()
+    assert out.stopped_by_eos[:, 0].any() and out.lengths.max() > 8  # both chunks decoded
     for r in range(len(prompts)):
         n = out.lengths[r, 0]
         np.testing.assert_array_equal(out.tokens[r, 0, :n], ref[r, :n], f"row {r}")
