@@ -8,6 +8,7 @@ and the ratios. Tunix is measured when `tunix` imports (BENCHMARKS.md says how).
 
     .venv/bin/python benchmarks/sampler.py            # both workloads
     .venv/bin/python benchmarks/sampler.py --workloads W2 --repeats 9
+    .venv/bin/python benchmarks/sampler.py --preset gemma_50m   # ours only: a family's cost
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxrl_reason.model import ModelConfig, init_params  # noqa: E402
+from jaxrl_reason.model import PRESETS, ModelConfig, init_params  # noqa: E402
 from jaxrl_reason.sampling import Sampler, SamplingConfig  # noqa: E402
 
 MODEL = ModelConfig(
@@ -237,14 +238,23 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="our sampler only, on this model preset (e.g. small_50m, qwen_50m, gemma_50m): "
+        "the peers build a Llama of the default shape",
+    )
     args = parser.parse_args()
+    global MODEL
+    if args.preset:
+        MODEL = PRESETS[args.preset]().replace(dtype="float32", param_dtype="float32")
 
     peak = matmul_flops_per_s()
     tunix_missing = tunix_reason()
     systems = {"ours": bench_ours}
-    if not args.skip_transformers:
+    if not args.skip_transformers and not args.preset:
         systems["transformers"] = bench_transformers
-    if not tunix_missing:
+    if not tunix_missing and not args.preset:
         systems["tunix"] = bench_tunix
     table = []
     for name in args.workloads:

@@ -1,4 +1,5 @@
-"""Hugging Face Llama checkpoints <-> our `ModelConfig` and params, streamed tensor by tensor.
+"""Hugging Face checkpoints (Llama, Qwen2/2.5, Qwen3, Gemma 2, Gemma 3 text; `ARCHITECTURES`)
+<-> our `ModelConfig` and params, streamed tensor by tensor: `load_hf` and `save_hf`.
 
 Loading never materialises the checkpoint: every parameter is built with
 `jax.make_array_from_callback`, whose callback reads only the slice of the HF tensors that
@@ -10,6 +11,10 @@ HF linear weights are [out, in]; ours are einsum-shaped and stacked over layers:
   q_proj [N*H, D] -> q [L, D, N, H]    o_proj [D, N*H] -> o [L, N, H, D]
   gate/up [F, D]  -> [L, D, F]         down [D, F]     -> [L, F, D]
   lm_head [V, D]  -> [D, V]            embed_tokens [V, D] as is
+  q_proj.bias [N*H] -> q_bias [L, N, H] (Qwen2)   q_norm/k_norm [H] -> [L, H] (Qwen3, Gemma 3)
+Norms: input_layernorm -> attn_norm; Llama/Qwen post_attention_layernorm -> mlp_norm; Gemma
+post_attention_layernorm -> post_attn_norm, pre/post_feedforward_layernorm -> mlp_norm /
+post_mlp_norm. Gemma's norm weights w (scale 1 + w) are stored as they are (`norm_plus_one`).
 """
 
 from __future__ import annotations
@@ -41,62 +46,256 @@ _SINGLE_FILE = "model.safetensors"
 
 # ----------------------------------------------------------------------------- configs
 
+# HF model_type -> the one architecture of it we read and write.
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+}
+_GEMMA = ("gemma2", "gemma3_text")
+# Defaults of the fields a config.json may leave out (the transformers config classes').
+_MAX_POSITIONS = {"llama": 2048, "qwen2": 32768, "qwen3": 32768, "gemma2": 8192}
+_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
+_MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
 
-def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-    """A `ModelConfig` from a HF Llama `config.json` dict (transformers 4.x or 5.x keys)."""
-    archs = hf.get("architectures") or ["LlamaForCausalLM"]
-    if list(archs) != ["LlamaForCausalLM"]:
+
+def _model_type(hf: dict[str, Any]) -> str:
+    """The supported `model_type` of a config.json dict; any other is refused, by name."""
+    if "text_config" in hf or hf.get("model_type") == "gemma3":
         raise ValueError(
-            f"config.json architectures={archs}: only ['LlamaForCausalLM'] is supported"
+            f"config.json model_type={hf.get('model_type')!r} is an image-text model (a "
+            "nested text_config); only its language model is supported: load a "
+            "Gemma3ForCausalLM checkpoint (model_type 'gemma3_text')"
         )
-    if hf.get("model_type", "llama") != "llama":
-        raise ValueError(f"config.json model_type={hf['model_type']!r}: only 'llama' is supported")
-    if hf.get("hidden_act", "silu") != "silu":
+    archs = hf.get("architectures")
+    by_arch = {a: t for t, a in ARCHITECTURES.items()}
+    default = by_arch.get(archs[0], "llama") if archs else "llama"
+    model_type = hf.get("model_type", default)
+    if model_type not in ARCHITECTURES:
         raise ValueError(
-            f"config.json hidden_act={hf['hidden_act']!r}: only 'silu' (SwiGLU) is supported"
+            f"config.json model_type={model_type!r} is not supported; supported: "
+            f"{sorted(ARCHITECTURES)}"
         )
-    for name in ("attention_bias", "mlp_bias"):
-        if hf.get(name, False):
-            raise ValueError(f"config.json {name}={hf[name]}: biases are not supported")
-    # transformers 5 nests rope_theta and the scaling in `rope_parameters`; 4.x keeps them apart.
-    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    if archs is not None and list(archs) != [ARCHITECTURES[model_type]]:
+        raise ValueError(
+            f"config.json architectures={archs}: for model_type {model_type!r} only "
+            f"['{ARCHITECTURES[model_type]}'] is supported"
+        )
+    return model_type
+
+
+def _rope(rope: dict[str, Any], where: str) -> RopeScaling | None:
+    """The `RopeScaling` of one HF rope dict (`rope_scaling` or `rope_parameters`)."""
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    scaling = None
+    if rope_type == "default":
+        return None
+    if rope_type == "linear":
+        return RopeScaling(factor=float(rope["factor"]), rope_type="linear")
     if rope_type == "llama3":
-        scaling = RopeScaling(
+        return RopeScaling(
             factor=float(rope["factor"]),
             low_freq_factor=float(rope["low_freq_factor"]),
             high_freq_factor=float(rope["high_freq_factor"]),
             original_max_position_embeddings=int(rope["original_max_position_embeddings"]),
         )
-    elif rope_type != "default":
-        raise ValueError(
-            f"config.json rope_scaling rope_type={rope_type!r}: only 'llama3' or none is supported"
-        )
-    heads = hf["num_attention_heads"]
-    return ModelConfig(
-        vocab_size=hf["vocab_size"],
-        d_model=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-        mlp_dim=hf["intermediate_size"],
-        max_seq_len=hf.get("max_position_embeddings", 2048),
-        rope_theta=float(hf.get("rope_theta", rope.get("rope_theta", 10000.0))),
-        rope_scaling=scaling,
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    raise ValueError(
+        f"config.json {where} rope_type={rope_type!r}: only 'default', 'llama3' or 'linear' "
+        "is supported"
     )
 
 
+def _ropes(hf: dict[str, Any], model_type: str) -> tuple[float, RopeScaling | None, float | None]:
+    """(rope_theta, rope_scaling, rope_local_theta) from transformers 5's `rope_parameters`
+    (flat, or per layer type as Gemma 3's) or 4.x's top-level keys."""
+    gemma3 = model_type == "gemma3_text"
+    params = dict(hf.get("rope_parameters") or {})
+    per_type = "full_attention" in params or "sliding_attention" in params
+    if per_type:
+        full = dict(params.get("full_attention") or {})
+        local = dict(params.get("sliding_attention") or {})
+    else:
+        full = params or dict(hf.get("rope_scaling") or {})
+        local = {}
+    if gemma3 and not per_type:  # 4.x: scaling of full layers only, a local base apart
+        local = {"rope_theta": hf.get("rope_local_base_freq", 10000.0)}
+    theta = float(hf.get("rope_theta", full.get("rope_theta", 1e6 if gemma3 else 10000.0)))
+    if per_type and "rope_theta" in full:
+        theta = float(full["rope_theta"])
+    scaling = _rope(full, "rope_parameters.full_attention" if per_type else "rope_scaling")
+    if not gemma3:
+        if per_type and local and local != full:
+            raise ValueError(
+                f"config.json rope_parameters.sliding_attention={local}: a separate RoPE of "
+                f"sliding layers is only supported for Gemma 3, not {model_type!r}"
+            )
+        return theta, scaling, None
+    if _rope(local, "rope_parameters.sliding_attention") is not None:
+        raise ValueError(
+            f"config.json rope_parameters.sliding_attention={local}: scaled RoPE of sliding "
+            "layers is not supported (only of full_attention layers)"
+        )
+    return theta, scaling, float(local.get("rope_theta", 10000.0))
+
+
+def _layer_types(hf: dict[str, Any], model_type: str, num_layers: int) -> tuple[str, ...]:
+    """Per-layer attention kinds, as transformers derives them when `layer_types` is absent."""
+    full, sliding = "full_attention", "sliding_attention"
+    if model_type == "llama":
+        return (full,) * num_layers
+    if model_type in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
+        return (full,) * num_layers  # transformers drops sliding_window then
+    types = hf.get("layer_types")
+    if types is None:
+        if model_type == "gemma2":
+            every = 2
+        elif model_type == "gemma3_text":
+            every = int(hf.get("sliding_window_pattern", 6))
+        else:
+            first = int(hf.get("max_window_layers", 28))
+            return tuple(sliding if i >= first else full for i in range(num_layers))
+        return tuple(full if (i + 1) % every == 0 else sliding for i in range(num_layers))
+    if not isinstance(types, list) or len(types) != num_layers or not set(types) <= {full, sliding}:
+        raise ValueError(
+            f"config.json layer_types={types}: expected {num_layers} entries of "
+            f"{full!r} or {sliding!r}"
+        )
+    return tuple(types)
+
+
+def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """A `ModelConfig` from a HF `config.json` dict of a supported family (`ARCHITECTURES`;
+    transformers 4.x or 5.x keys). A field we do not implement is refused by name."""
+    model_type = _model_type(hf)
+    gemma = model_type in _GEMMA
+    act_key = "hidden_activation" if gemma and "hidden_activation" in hf else "hidden_act"
+    act = hf.get(act_key, "gelu_pytorch_tanh" if gemma else "silu")
+    if act not in _ACTIVATIONS:
+        raise ValueError(
+            f"config.json {act_key}={act!r}: only 'silu' (SwiGLU) or 'gelu_pytorch_tanh' "
+            "(GeGLU) is supported"
+        )
+    if hf.get("attention_bias", False):
+        raise ValueError(
+            f"config.json attention_bias={hf['attention_bias']}: {model_type!r} with biases "
+            "(on the output projection too) is not supported"
+        )
+    if hf.get("mlp_bias", False):
+        raise ValueError(f"config.json mlp_bias={hf['mlp_bias']}: MLP biases are not supported")
+    for name in _MOE_FIELDS:
+        if hf.get(name):
+            raise ValueError(
+                f"config.json {name}={hf[name]}: mixture-of-experts models are not supported"
+            )
+    if hf.get("use_bidirectional_attention"):
+        raise ValueError(
+            "config.json use_bidirectional_attention=True: only causal attention is supported"
+        )
+    if float(hf.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ValueError(
+            f"config.json partial_rotary_factor={hf['partial_rotary_factor']}: only RoPE on "
+            "the whole head (1.0) is supported"
+        )
+    theta, scaling, local_theta = _ropes(hf, model_type)
+    heads = hf["num_attention_heads"]
+    layers = hf["num_hidden_layers"]
+    types = _layer_types(hf, model_type, layers)
+    sliding = "sliding_attention" in types
+    head_dim = hf.get("head_dim") or (
+        256 if gemma else 128 if model_type == "qwen3" else hf["hidden_size"] // heads
+    )
+    softcaps = (50.0, 30.0) if model_type == "gemma2" else (None, None)
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        d_model=hf["hidden_size"],
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=head_dim,
+        mlp_dim=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", _MAX_POSITIONS.get(model_type, 131072)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", gemma)),
+        attention_bias=model_type == "qwen2",
+        qk_norm=model_type in ("qwen3", "gemma3_text"),
+        scale_embeddings=gemma,
+        norm_plus_one=gemma,
+        activation=_ACTIVATIONS[act],
+        sandwich_norms=gemma,
+        attn_softcap=_optional_float(hf.get("attn_logit_softcapping", softcaps[0])),
+        final_softcap=_optional_float(hf.get("final_logit_softcapping", softcaps[1])),
+        query_scale=float(hf.get("query_pre_attn_scalar", 256)) if gemma else None,
+        layer_types=types if sliding else (),
+        sliding_window=int(hf.get("sliding_window") or 4096) if sliding else None,
+        rope_local_theta=local_theta,
+    )
+
+
+def _optional_float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _int_if_whole(x: float | None) -> float | int | None:
+    """transformers 5 types query_pre_attn_scalar as an int (and refuses 256.0)."""
+    return int(x) if x is not None and float(x).is_integer() else x
+
+
+def hf_model_type(config: ModelConfig) -> str:
+    """The HF `model_type` whose architecture has exactly `config`'s switches; a config no
+    HF architecture computes (e.g. Gemma norms with Llama attention) is refused by field."""
+    c = config
+
+    def refuse(field: str, value: Any, why: str) -> ValueError:
+        return ValueError(f"ModelConfig.{field}={value}: {why}; no HF architecture matches")
+
+    gemma = (c.scale_embeddings, c.norm_plus_one, c.sandwich_norms)
+    if any(gemma):
+        if not all(gemma):
+            raise refuse(
+                "scale_embeddings/norm_plus_one/sandwich_norms",
+                gemma,
+                "HF's Gemma 2/3 have all three",
+            )
+        if c.attention_bias:
+            raise refuse("attention_bias", True, "HF's Gemma has no q/k/v-only biases")
+        model_type = "gemma3_text" if c.qk_norm else "gemma2"
+        if model_type == "gemma2" and c.rope_local_theta is not None:
+            raise refuse("rope_local_theta", c.rope_local_theta, "Gemma 2 has one RoPE base")
+        if model_type == "gemma3_text" and c.rope_local_theta is None:
+            raise refuse("rope_local_theta", None, "Gemma 3 has a RoPE base of sliding layers")
+        return model_type
+    for field in ("attn_softcap", "final_softcap", "query_scale", "rope_local_theta"):
+        if getattr(c, field) is not None:
+            raise refuse(field, getattr(c, field), "only HF's Gemma has it")
+    if c.qk_norm:
+        if c.attention_bias:
+            raise refuse("attention_bias", True, "HF's Qwen3 biases the output projection too")
+        return "qwen3"
+    if c.attention_bias:
+        return "qwen2"
+    if c.has_sliding_layers:
+        raise refuse("layer_types", "(sliding layers)", "HF's Llama has no sliding window")
+    return "llama"
+
+
 def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
-    """The HF `config.json` dict of a `LlamaForCausalLM` with `config`'s shapes."""
+    """The HF `config.json` dict of `config`'s architecture (`hf_model_type`), in the
+    4.x keys that transformers 5 still reads."""
     c = config
     s = c.rope_scaling
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    model_type = hf_model_type(c)
+    scaling = None
+    if s is not None:
+        scaling = {"rope_type": "linear", "factor": s.factor}
+        if s.rope_type == "llama3":
+            scaling = {"rope_type": "llama3", **dataclasses.asdict(s)}
+    act = {v: k for k, v in _ACTIVATIONS.items()}[c.activation]
+    out = {
+        "architectures": [ARCHITECTURES[model_type]],
+        "model_type": model_type,
         "vocab_size": c.vocab_size,
         "hidden_size": c.d_model,
         "num_hidden_layers": c.num_layers,
@@ -106,14 +305,38 @@ def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
         "intermediate_size": c.mlp_dim,
         "max_position_embeddings": c.max_seq_len,
         "rope_theta": c.rope_theta,
-        "rope_scaling": None if s is None else {"rope_type": "llama3", **dataclasses.asdict(s)},
+        "rope_scaling": scaling,
         "rms_norm_eps": c.norm_eps,
         "tie_word_embeddings": c.tie_embeddings,
-        "hidden_act": "silu",
+        "hidden_act": act,
         "attention_bias": False,
-        "mlp_bias": False,
         "torch_dtype": dtype,
     }
+    types = list(c.layer_types or ("full_attention",) * c.num_layers)
+    if model_type == "llama":
+        out["mlp_bias"] = False
+    elif model_type in ("qwen2", "qwen3"):
+        if model_type == "qwen2":
+            del out["attention_bias"]  # Qwen2 always has q/k/v biases
+        first = types.index("sliding_attention") if c.has_sliding_layers else c.num_layers
+        out |= {
+            "use_sliding_window": c.has_sliding_layers,
+            "sliding_window": c.sliding_window,
+            "max_window_layers": first,
+            "layer_types": types,
+        }
+    else:
+        out |= {
+            "hidden_activation": act,
+            "query_pre_attn_scalar": _int_if_whole(c.query_scale),
+            "attn_logit_softcapping": c.attn_softcap,
+            "final_logit_softcapping": c.final_softcap,
+            "sliding_window": c.sliding_window,
+            "layer_types": types,
+        }
+        if model_type == "gemma3_text":
+            out["rope_local_base_freq"] = c.rope_local_theta
+    return out
 
 
 def model_config_to_json(config: ModelConfig) -> str:
@@ -174,8 +397,13 @@ def _mappings(c: ModelConfig) -> dict[tuple[str, ...], _Mapping]:
     d, n, k, h, f, v = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim, c.vocab_size
     a, m = ("layers", "attn"), ("layers", "mlp")
 
-    def layer(name: str, groups: tuple[tuple[int, ...], ...], perm: tuple[int, ...]) -> _Mapping:
-        return _Mapping(f"model.layers.{{i}}.{name}.weight", groups, perm, stacked=True)
+    def layer(
+        name: str,
+        groups: tuple[tuple[int, ...], ...],
+        perm: tuple[int, ...],
+        kind: str = "weight",
+    ) -> _Mapping:
+        return _Mapping(f"model.layers.{{i}}.{name}.{kind}", groups, perm, stacked=True)
 
     maps = {
         ("embedding",): _Mapping("model.embed_tokens.weight", ((v,), (d,)), (0, 1), False),
@@ -185,11 +413,26 @@ def _mappings(c: ModelConfig) -> dict[tuple[str, ...], _Mapping]:
         (*a, "v"): layer("self_attn.v_proj", ((k, h), (d,)), (2, 0, 1)),
         (*a, "o"): layer("self_attn.o_proj", ((d,), (n, h)), (1, 2, 0)),  # [D, N*H] -> [N, H, D]
         ("layers", "attn_norm", "scale"): layer("input_layernorm", ((d,),), (0,)),
-        ("layers", "mlp_norm", "scale"): layer("post_attention_layernorm", ((d,),), (0,)),
         (*m, "gate"): layer("mlp.gate_proj", ((f,), (d,)), (1, 0)),  # [F, D] -> [D, F]
         (*m, "up"): layer("mlp.up_proj", ((f,), (d,)), (1, 0)),
         (*m, "down"): layer("mlp.down_proj", ((d,), (f,)), (1, 0)),  # [D, F] -> [F, D]
     }
+    norms = {"mlp_norm": "post_attention_layernorm"}  # Llama, Qwen
+    if c.sandwich_norms:  # Gemma 2/3: pre- and post-norms around attention and MLP
+        norms = {
+            "post_attn_norm": "post_attention_layernorm",
+            "mlp_norm": "pre_feedforward_layernorm",
+            "post_mlp_norm": "post_feedforward_layernorm",
+        }
+    for ours, hf_name in norms.items():
+        maps[("layers", ours, "scale")] = layer(hf_name, ((d,),), (0,))
+    if c.attention_bias:  # [N*H] -> [N, H]
+        for name, heads in zip("qkv", (n, k, k)):
+            proj = f"self_attn.{name}_proj"
+            maps[(*a, f"{name}_bias")] = layer(proj, ((heads, h),), (0, 1), "bias")
+    if c.qk_norm:
+        for name in "qk":
+            maps[(*a, f"{name}_norm", "scale")] = layer(f"self_attn.{name}_norm", ((h,),), (0,))
     if not c.tie_embeddings:
         maps[("lm_head",)] = _Mapping("lm_head.weight", ((v,), (d,)), (1, 0), False)
     return maps
@@ -242,7 +485,7 @@ class _Reader:
         if name not in self.weight_map:
             raise ValueError(
                 f"tensor {name!r} not found in the checkpoint (searched "
-                f"{self.files}); is it a Llama checkpoint with this config.json?"
+                f"{self.files}); does config.json describe this checkpoint?"
             )
         return self._handles[self.weight_map[name]].get_slice(name)
 
@@ -294,10 +537,11 @@ def _lookup(tree: Any, keys: tuple[str, ...], what: str) -> Any:
     return tree
 
 
-def load_hf_llama(
+def load_hf(
     path: PathLike, dtype: str | None = None, shardings: Any = None
 ) -> tuple[ModelConfig, dict[str, Any]]:
-    """Read a HF Llama directory (config.json + safetensors) as (ModelConfig, params).
+    """Read a HF model directory (config.json + safetensors) as (ModelConfig, params), for
+    every architecture in `ARCHITECTURES` (chosen by config.json's `model_type`).
 
     `dtype` is the stored dtype of the params ("float32" when None, which is exact for
     bf16/f16 files); it becomes the config's `param_dtype`. `shardings` is a pytree of
@@ -334,6 +578,9 @@ def load_hf_llama(
     return config, params
 
 
+load_hf_llama = load_hf  # the name from when only Llama loaded
+
+
 def _read_hf_config(path: pathlib.Path) -> ModelConfig:
     """The `ModelConfig` of HF directory `path`'s config.json; errors name the file."""
     file = path / "config.json"
@@ -346,7 +593,7 @@ def _read_hf_config(path: pathlib.Path) -> ModelConfig:
         return config_from_hf(hf)
     except KeyError as err:
         raise RunFileError(
-            f"{file}: the HF config has no {err.args[0]!r}; is it a Llama config.json?"
+            f"{file}: the HF config has no {err.args[0]!r}; is it a model's config.json?"
         ) from None
 
 
@@ -396,7 +643,7 @@ def _host_layer(leaf: Any, layer: int | None) -> np.ndarray:
     return np.asarray(x)
 
 
-def save_hf_llama(
+def save_hf(
     config: ModelConfig,
     params: dict[str, Any],
     path: PathLike,
@@ -405,7 +652,9 @@ def save_hf_llama(
     overwrite: bool = False,
     extra_files: Mapping[str, bytes] | None = None,
 ) -> None:
-    """Write `params` as a HF `LlamaForCausalLM` directory (config.json + safetensors).
+    """Write `params` as a HF directory (config.json + safetensors) of `config`'s
+    architecture (`hf_model_type`: Llama, Qwen2, Qwen3, Gemma 2 or Gemma 3 text), which
+    `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
     Files larger than `max_shard_bytes` in total are split into shards with an index.
     Scalar heads (value, reward) have no HF counterpart and are not written.
@@ -414,6 +663,7 @@ def save_hf_llama(
     if dtype not in _DTYPES:
         raise ValueError(f"dtype={dtype!r}; choose one of {sorted(_DTYPES)}")
     np_dtype = np.dtype(_DTYPES[dtype])
+    hf_config = config_to_hf(config, dtype)  # refuses a config no HF architecture matches
     # (hf name, mapping, leaf, layer) in file order, each written one at a time.
     entries: list[tuple[str, _Mapping, Any, int | None]] = []
     for keys, m in _mappings(config).items():
@@ -437,7 +687,7 @@ def save_hf_llama(
     total = sum(math.prod(m.hf_shape) * np_dtype.itemsize for _, m, _, _ in entries)
 
     with _atomic_dir(path, overwrite) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(config, dtype), indent=2))
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         weight_map = {}
         for s, members in enumerate(shards):
             file = (
@@ -459,18 +709,21 @@ def save_hf_llama(
             (tmp / name).write_bytes(contents)
 
 
+save_hf_llama = save_hf  # the name from when only Llama was written
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
 def import_hf_to_checkpoint(src: PathLike, dst: PathLike, dtype: str | None = None) -> None:
-    """`jaxrl-reason import-hf SRC DST`: HF Llama dir -> `DST/params` (the params as
+    """`jaxrl-reason import-hf SRC DST`: HF model dir -> `DST/params` (the params as
     `training.checkpointing.save_params` writes them) + `DST/model_config.json`."""
     from jaxrl_reason.training.checkpointing import save_params
 
     dst = pathlib.Path(dst).absolute()
     if dst.exists():
         raise FileExistsError(f"{dst} exists; choose a new destination for the checkpoint")
-    config, params = load_hf_llama(src, dtype)
+    config, params = load_hf(src, dtype)
     with _atomic_dir(dst) as tmp:
         save_params(tmp / "params", params, {"imported_from": str(src)})
         (tmp / "model_config.json").write_text(model_config_to_json(config))
@@ -536,7 +789,7 @@ def export_checkpoint_to_hf(
             "a step chooses among the policies of a run directory"
         )
     config, params = load_checkpoint(src)
-    save_hf_llama(config, params, dst, dtype, max_shard_bytes, overwrite)
+    save_hf(config, params, dst, dtype, max_shard_bytes, overwrite)
 
 
 def export_run_to_hf(
@@ -548,11 +801,11 @@ def export_run_to_hf(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """`jaxrl-reason export-hf RUN_DIR DST [--step N]`: a trained run's policy as a HF
-    `LlamaForCausalLM` directory; returns the policy's meta (its phase, samples drawn...).
+    directory (`save_hf`); returns the policy's meta (its phase, samples drawn...).
 
     The policy is the newest in `RUN_DIR/policy` (the last finished phase), or its step
     `step` (the `policy_step` of each phase in run.json). `dst` receives config.json and
-    model.safetensors (shards and an index when large), as `save_hf_llama` writes them;
+    model.safetensors (shards and an index when large), as `save_hf` writes them;
     `tokenizer.model`, a copy of the run's sentencepiece model (a run's tokenizer is not a
     HF tokenizer: no tokenizer.json is written, so load it with `sentencepiece`, not
     `AutoTokenizer`); and `jaxrl_reason_policy.json`: the policy's meta and the prompt
@@ -577,5 +830,5 @@ def export_run_to_hf(
         "tokenizer.model": tokenizer.read_bytes(),
         "jaxrl_reason_policy.json": (json.dumps(about, indent=2, sort_keys=True) + "\n").encode(),
     }
-    save_hf_llama(policy.model_config, params, dst, dtype, max_shard_bytes, overwrite, extra)
+    save_hf(policy.model_config, params, dst, dtype, max_shard_bytes, overwrite, extra)
     return meta

@@ -1,4 +1,6 @@
-"""A Llama-family decoder in Flax linen: RMSNorm, RoPE, SwiGLU, grouped-query attention.
+"""The decoder in Flax linen: RMSNorm, RoPE, SwiGLU/GeGLU, grouped-query attention, with the
+switches of the Qwen2/3 and Gemma 2/3 families (`ModelConfig`); a switch that is off adds
+no op, so the Llama path is unchanged.
 
 Einsum letters: B batch, T query length, S key length (cache slots), D embed, N query heads,
 K kv heads, G query heads per kv head (N = K * G), H head dim, F mlp, V vocab, L layers.
@@ -7,6 +9,11 @@ Masking works on *slots*: a batch is left-padded so that all rows share one time
 slots, `input_mask` says which slots hold real tokens, and a query at slot t sees keys at
 slots s <= t that are real. RoPE uses the explicit `positions`, so a left-padded row's
 first real token has position 0 whatever its slot.
+
+Sliding-window layers (`ModelConfig.layer_types`) also mask keys more than
+`sliding_window - 1` slots behind the query. The layers are one scanned block: whether a
+layer slides is a per-layer input of the scan (and the masks and RoPE tables of both kinds
+are made once, outside it), not a Python branch.
 
 The KV cache is a plain pytree made by `init_cache`:
   {"k": [L, B, K, S, H], "v": [L, B, K, S, H], "mask": [B, S] bool, "index": int32 []}
@@ -51,13 +58,19 @@ def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype: Any = 
     }
 
 
-def rope_frequencies(config: ModelConfig) -> jax.Array:
-    """Inverse frequencies [H/2], with Llama-3 scaling when configured."""
+def rope_frequencies(config: ModelConfig, local: bool = False) -> jax.Array:
+    """Inverse frequencies [H/2], with `rope_scaling` when configured. `local`: those of
+    sliding-window layers, which differ when `rope_local_theta` is set (that base, and
+    no scaling, as Gemma 3)."""
     h = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
-    s = config.rope_scaling
+    theta, s = config.rope_theta, config.rope_scaling
+    if local and config.rope_local_theta is not None:
+        theta, s = config.rope_local_theta, None
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
     if s is None:
         return inv_freq
+    if s.rope_type == "linear":
+        return inv_freq / s.factor
     wavelen = 2 * jnp.pi / inv_freq
     low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
     high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
@@ -77,9 +90,12 @@ def rope_tables(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, j
     return jnp.cos(angles), jnp.sin(angles)
 
 
-def rope_table(num_positions: int, config: ModelConfig) -> tuple[jax.Array, jax.Array]:
-    """cos and sin [num_positions, H/2] of positions 0 .. num_positions - 1 (for lookups)."""
-    cos, sin = rope_tables(jnp.arange(num_positions)[None], rope_frequencies(config))
+def rope_table(
+    num_positions: int, config: ModelConfig, local: bool = False
+) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [num_positions, H/2] of positions 0 .. num_positions - 1 (for lookups);
+    `local`: of sliding-window layers (see `rope_frequencies`)."""
+    cos, sin = rope_tables(jnp.arange(num_positions)[None], rope_frequencies(config, local))
     return cos[0, :, 0], sin[0, :, 0]
 
 
@@ -109,18 +125,41 @@ def _fan_in(in_axis: Any, out_axis: Any) -> Any:
 
 
 class RMSNorm(nn.Module):
+    """RMSNorm over the last axis; with `plus_one` the scale is 1 + the param (Gemma's,
+    stored as HF stores it, so a round trip is exact)."""
+
     eps: float
     dtype: Any
     param_dtype: Any
+    plus_one: bool = False
+    axis_name: str = "embed"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = _param(
-            self, "scale", (x.shape[-1],), ("embed",), nn.initializers.ones, self.param_dtype
-        )
+        init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+        scale = _param(self, "scale", (x.shape[-1],), (self.axis_name,), init, self.param_dtype)
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (scale.astype(jnp.float32) * x32).astype(self.dtype)
+        scale = scale.astype(jnp.float32)
+        if self.plus_one:
+            scale = 1.0 + scale
+        return (scale * x32).astype(self.dtype)
+
+
+def _norm(c: ModelConfig, name: str | None = None, axis_name: str = "embed") -> RMSNorm:
+    return RMSNorm(
+        c.norm_eps, c.compute_dtype, c.weight_dtype, c.norm_plus_one, axis_name, name=name
+    )
+
+
+def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    """cap * tanh(x / cap) (Gemma 2's soft-capping); x itself when cap is None."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def _slot_masks(seg_mask: jax.Array) -> jax.Array:
+    """A segment mask [Bs, S] (every query alike) or [Bs, T, S] as [Bs, 1 | T, S]."""
+    return seg_mask if seg_mask.ndim == 3 else seg_mask[:, None, :]
 
 
 class Attention(nn.Module):
@@ -134,7 +173,8 @@ class Attention(nn.Module):
         mask among the new tokens. `segments_kv`: (k, v) pairs [B / g, K, S, H] of cached
         keys; a segment with B / g rows is shared by g consecutive rows (a prompt's cache
         by its K samples, so it is stored and read once). `segment_masks` [B / g or 1, S]
-        mark each segment's filled slots. Returns the output and `new_kv`:
+        mark each segment's filled slots ([B / g or 1, T, S]: per query, as a sliding
+        window makes them). Returns the output and `new_kv`:
           - `append_at` None: the new tokens' (k, v) [B, K, T, H], for the caller to write
             into its cache (None when `segments_kv` is None: no cache to write to);
           - `append_at` a slot (decoding, T = 1): the new token's k, v are first written at
@@ -157,7 +197,17 @@ class Attention(nn.Module):
         # q, k and v in one einsum (one pass over x, one larger matmul).
         qkv = jnp.concatenate([wq, wk, wv], axis=1).astype(dt)  # [D, N + 2K, H]
         both = jnp.einsum("BTD,DNH->BTNH", x, qkv)
+        if c.attention_bias:
+            axes = [("heads", "head_dim"), ("kv_heads", "head_dim"), ("kv_heads", "head_dim")]
+            biases = [
+                _param(self, f"{name}_bias", (m, h), ax, nn.initializers.zeros, pdt)
+                for name, m, ax in zip("qkv", (n, k, k), axes)
+            ]
+            both = both + jnp.concatenate(biases, axis=0).astype(dt)
         q, key, val = jnp.split(both, [n, n + k], axis=2)
+        if c.qk_norm:  # per head, over head_dim, before RoPE
+            q = _norm(c, "q_norm", "head_dim")(q)
+            key = _norm(c, "k_norm", "head_dim")(key)
         q = apply_rope(q, rope)
         key = apply_rope(key, rope)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
@@ -179,17 +229,24 @@ class Attention(nn.Module):
         elif segments_kv is not None:
             new_kv = tuple(jnp.swapaxes(a, 1, 2) for a in (key, val))  # [B, K, T, H]
 
-        q = q.reshape(b, t, k, n // k, h) * (h**-0.5)  # [B, T, K, G, H]
+        scale = (c.query_scale or h) ** -0.5
+        q = q.reshape(b, t, k, n // k, h) * scale  # [B, T, K, G, H]
         scores, groups = [], []
         for (seg_k, _), seg_mask in zip(segments_kv or (), segment_masks, strict=True):
             g = b // seg_k.shape[0]  # rows per segment row: J below
             qg = q.reshape(b // g, g, *q.shape[1:])
             s = jnp.einsum("BJTKGH,BKSH->BJKGTS", qg, seg_k.astype(dt)).astype(jnp.float32)
-            s = jnp.where(seg_mask[:, None, None, None, None, :], s, _MASKED)
+            s = _softcap(s, c.attn_softcap)
+            if seg_mask.ndim == 2:  # [Bs, S]: every query alike
+                m = seg_mask[:, None, None, None, None, :]
+            else:  # [Bs, T, S]: per query (sliding windows)
+                m = seg_mask[:, None, None, None, :, :]
+            s = jnp.where(m, s, _MASKED)
             scores.append(s.reshape(b, *s.shape[2:]))
             groups.append(g)
         if append_at is None:  # the new tokens attend to each other
             s = jnp.einsum("BTKGH,BSKH->BKGTS", q, key).astype(jnp.float32)  # S = T
+            s = _softcap(s, c.attn_softcap)
             scores.append(jnp.where(new_mask[:, None, None], s, _MASKED))
         probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(dt)
         start, out = 0, 0
@@ -220,25 +277,64 @@ class Mlp(nn.Module):
         # Gate and up in one einsum (why: BENCHMARKS.md, train_throughput).
         gate_up = jnp.stack([gate, up], axis=1).astype(dt)  # [D, 2, F]
         both = jnp.einsum("BTD,DCF->BTCF", x, gate_up)
-        hidden = jax.nn.silu(both[:, :, 0]) * both[:, :, 1]
+        if c.activation == "silu":
+            act = jax.nn.silu(both[:, :, 0])
+        else:  # gelu_tanh: GeGLU with the tanh approximation (HF's gelu_pytorch_tanh)
+            act = jax.nn.gelu(both[:, :, 0], approximate=True)
+        hidden = act * both[:, :, 1]
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
         return jnp.einsum("BTF,FD->BTD", hidden, down.astype(dt))
 
 
 class Block(nn.Module):
-    """One decoder layer; scanned over layers, so it maps (carry, per-layer input)."""
+    """One decoder layer; scanned over layers, so it maps (carry, per-layer input).
+
+    `sliding` (a scanned per-layer bool, or a Python bool when the layers are unrolled)
+    and `local` (None without sliding layers): (local RoPE tables or None, the new
+    tokens' window [T, T] or None, each segment's window [T, S]), True where a key is
+    within the window of a query. A sliding layer ands them into its masks and uses the
+    local RoPE; the others use the masks and RoPE as given.
+    """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, segments_kv, rope, new_mask, segment_masks, append_at=None):
+    def __call__(
+        self,
+        x,
+        segments_kv,
+        rope,
+        new_mask,
+        segment_masks,
+        append_at=None,
+        sliding=None,
+        local=None,
+    ):
         c = self.config
-        norm = lambda name: RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype, name=name)
+        if local is not None:
+            local_rope, new_window, segment_windows = local
+            if isinstance(sliding, bool):  # unrolled: pick at trace time
+                pick = lambda if_sliding, otherwise: if_sliding if sliding else otherwise
+            else:
+                pick = lambda if_sliding, otherwise: jnp.where(sliding, if_sliding, otherwise)
+            if local_rope is not None:
+                rope = tuple(pick(a, b) for a, b in zip(local_rope, rope))
+            if new_window is not None:
+                new_mask = pick(new_mask & new_window, new_mask)
+            segment_masks = tuple(
+                pick(_slot_masks(m) & w, _slot_masks(m))
+                for m, w in zip(segment_masks, segment_windows, strict=True)
+            )
         attn_out, new_kv = Attention(c, name="attn")(
-            norm("attn_norm")(x), rope, new_mask, segments_kv, segment_masks, append_at
+            _norm(c, "attn_norm")(x), rope, new_mask, segments_kv, segment_masks, append_at
         )
+        if c.sandwich_norms:
+            attn_out = _norm(c, "post_attn_norm")(attn_out)
         x = x + attn_out
-        x = x + Mlp(c, name="mlp")(norm("mlp_norm")(x))
+        mlp_out = Mlp(c, name="mlp")(_norm(c, "mlp_norm")(x))
+        if c.sandwich_norms:
+            mlp_out = _norm(c, "post_mlp_norm")(mlp_out)
+        x = x + mlp_out
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return x, new_kv
 
@@ -286,8 +382,7 @@ class Transformer(nn.Module):
         # Gather the table's fsdp shards first (as for every FSDP weight); a lookup into a
         # table sharded on both axes makes XLA rematerialise it in full.
         table = nn.with_logical_constraint(embedding, ("vocab", None))
-        x = jnp.take(table, tokens, axis=0).astype(c.compute_dtype)  # [B, T, D]
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = _embed(c, table, tokens)  # [B, T, D]
 
         # Among the new tokens: causal, and only real tokens are keys. [B, T, T]
         causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
@@ -304,18 +399,31 @@ class Transformer(nn.Module):
         block = Block
         if c.remat:
             block = nn.remat(Block, prevent_cse=False)
+        bcast = nn.broadcast
         layers = nn.scan(
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(0, bcast, bcast, bcast, bcast, 0, bcast),
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(c, name="layers")
         rope = rope_tables(positions, rope_frequencies(c))
-        x, new_kv = layers(x, segments_kv, rope, new_mask, segment_masks)
+        sliding, local = None, None
+        if c.has_sliding_layers:
+            # Windows in slots: the new tokens sit at slots start .. start + t - 1.
+            start = 0 if cache is None else cache_index
+            query_slots = start + jnp.arange(t)
+            key_slots = [] if cache is None else [jnp.arange(cache["mask"].shape[1])]
+            local = (
+                _local_rope(c, positions),
+                _window(c, jnp.arange(t), jnp.arange(t)),
+                tuple(_window(c, query_slots, s) for s in key_slots),
+            )
+            sliding = jnp.asarray(c.sliding_layers)
+        x, new_kv = layers(x, segments_kv, rope, new_mask, segment_masks, None, sliding, local)
 
-        hidden = RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype, name="final_norm")(x)
+        hidden = _norm(c, "final_norm")(x)
         new_cache = None
         if cache is None and return_kv:
             # A cache holding exactly these tokens, as `init_cache` + this call would make.
@@ -346,10 +454,7 @@ class Transformer(nn.Module):
         logits = None
         if return_logits:
             h = hidden[:, -1:] if last_logits_only else hidden
-            logits = jnp.einsum("BTD,DV->BTV", h, lm_head.astype(c.compute_dtype))
-            logits = nn.with_logical_constraint(
-                logits.astype(jnp.float32), ("batch", "length", "vocab")
-            )
+            logits = _logits(c, h, lm_head)
 
         heads = {}
         for name in self.heads:
@@ -359,6 +464,39 @@ class Transformer(nn.Module):
             bias = _param(self, f"{name}_head_bias", (), (), nn.initializers.zeros, jnp.float32)
             heads[name] = jnp.einsum("BTD,D->BT", hidden.astype(jnp.float32), w) + bias
         return ModelOutput(logits=logits, hidden=hidden, heads=heads, cache=new_cache)
+
+
+def _embed(c: ModelConfig, table: jax.Array, tokens: jax.Array) -> jax.Array:
+    """The embeddings [B, T, D] of `tokens`, times sqrt(d_model) with `scale_embeddings`
+    (rounded to the compute dtype first, as HF's Gemma does)."""
+    x = jnp.take(table, tokens, axis=0).astype(c.compute_dtype)
+    if c.scale_embeddings:
+        x = x * jnp.asarray(c.d_model**0.5, c.compute_dtype)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+def _logits(c: ModelConfig, hidden: jax.Array, lm_head: jax.Array) -> jax.Array:
+    logits = jnp.einsum("BTD,DV->BTV", hidden, lm_head.astype(c.compute_dtype))
+    logits = _softcap(logits.astype(jnp.float32), c.final_softcap)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+def _window(c: ModelConfig, query_slots: jax.Array, key_slots: jax.Array) -> jax.Array:
+    """[T, S]: whether each key slot is within the sliding window of each query slot
+    (HF's `kv_idx > q_idx - sliding_window`; causality is masked elsewhere)."""
+    return query_slots[:, None] - key_slots[None, :] < c.sliding_window
+
+
+def _local_rope(
+    c: ModelConfig, positions: jax.Array, table: tuple[jax.Array, jax.Array] | None = None
+) -> tuple[jax.Array, jax.Array] | None:
+    """Sliding layers' RoPE tables of `positions` (from `table` if given), or None when
+    they share the full layers' RoPE."""
+    if c.rope_local_theta is None:
+        return None
+    if table is None:
+        return rope_tables(positions, rope_frequencies(c, local=True))
+    return tuple(jnp.take(a, positions, axis=0)[:, :, None, :] for a in table)
 
 
 def unstack_layers(params: Any) -> list[Any]:
@@ -382,6 +520,8 @@ def decode_step(
     segment_masks: tuple[jax.Array, ...],
     append_at: jax.Array,
     rope_table: tuple[jax.Array, jax.Array] | None = None,
+    window_slots: tuple[tuple[jax.Array, ...], jax.Array] | None = None,
+    local_rope_table: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
     """One new token per row (`tokens`, `positions` [B, 1]) with the layers unrolled.
 
@@ -395,19 +535,34 @@ def decode_step(
     (per element of each layer's q and k). Returns logits [B, V] float32 and each layer's
     updated last segment. The same computation as `Transformer.__call__` with a cache of
     those keys (tests/model/test_transformer.py checks they agree).
+
+    With sliding-window layers, `window_slots` = (each segment's key slots [S], the new
+    token's slot []): one timeline shared by every row (a left-padded prompt's P slots,
+    then the generated ones), so that slot distance is position distance for real
+    tokens. `local_rope_table`: `rope_table(n, config, local=True)`, as `rope_table`.
     """
     c = config
     table = nn.with_logical_constraint(params["embedding"], ("vocab", None))
-    x = jnp.take(table, tokens, axis=0).astype(c.compute_dtype)  # [B, 1, D]
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = _embed(c, table, tokens)  # [B, 1, D]
     no_mask = jnp.ones((tokens.shape[0], 1, 1), jnp.bool_)  # unused with append_at
     if rope_table is None:
         rope = rope_tables(positions, rope_frequencies(c))
     else:
         rope = tuple(jnp.take(a, positions, axis=0)[:, :, None, :] for a in rope_table)
+    local = None
+    if c.has_sliding_layers:
+        if window_slots is None:
+            raise ValueError(
+                "decode_step: the config has sliding-window layers; pass window_slots "
+                "(each segment's key slots and the new token's slot)"
+            )
+        key_slots, query_slot = window_slots
+        query = jnp.reshape(query_slot, (1,))
+        windows = tuple(_window(c, query, s) for s in key_slots)
+        local = (_local_rope(c, positions, local_rope_table), None, windows)
     block = Block(c)
     updated = []
-    for layer_params, layer_segments in zip(layers, segments_kv, strict=True):
+    for i, (layer_params, layer_segments) in enumerate(zip(layers, segments_kv, strict=True)):
         x, kv = block.apply(
             {"params": layer_params},
             x,
@@ -416,14 +571,13 @@ def decode_step(
             no_mask,
             segment_masks,
             append_at,
+            c.sliding_layers[i],
+            local,
         )
         updated.append(kv)
-    norm = RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype)
-    hidden = norm.apply({"params": params["final_norm"]}, x)
+    hidden = _norm(c).apply({"params": params["final_norm"]}, x)
     lm_head = params["embedding"].T if c.tie_embeddings else params["lm_head"]
-    logits = jnp.einsum("BTD,DV->BTV", hidden, lm_head.astype(c.compute_dtype))
-    logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
-    return logits[:, 0], updated
+    return _logits(c, hidden, lm_head)[:, 0], updated
 
 
 def init_params(config: ModelConfig, rng: jax.Array, heads: tuple[str, ...] = ()) -> Any:

@@ -17,6 +17,10 @@ On CPUs, a decode of few rows per device is compiled with Eigen's matmuls instea
 XLA's default YNNPACK fusions (`CPU_EIGEN_MAX_ROWS`), faster there and equal up to float
 rounding (tests/sampling/test_sampler.py checks the samples agree).
 
+Sliding-window layers mask by slots of one timeline shared by every row: the prompt's P
+slots, then the generated chunks' slots after it. A prompt is left-padded, so for real
+tokens slot distance is position distance, as in a full forward pass (and in HF).
+
 Row counts are rounded up to a multiple of the mesh's batch shards; extra rows are dummies
 that start finished. Each row draws its randomness from `fold_in(fold_in(rng, row), step)`,
 so the samples for a fixed key do not depend on the sharding or the padding.
@@ -355,6 +359,7 @@ class Sampler:
         prompt_mask = prompt_cache["mask"][:prompts]  # [prompts, P]
         glen = sum(chunks)
         rope = rope_table(plen + glen, c)  # every position a row can reach, computed once
+        local_rope = rope_table(plen + glen, c, local=True) if c.rope_local_theta else None
         eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
 
         def sample_and_write(state: DecodeState, logits: jax.Array) -> DecodeState:
@@ -385,6 +390,13 @@ class Sampler:
             empty = jnp.zeros((rows, c.num_kv_heads, size, c.head_dim), c.compute_dtype)
             chunk = tuple((self._constrain_gen(empty),) * 2 for _ in range(c.num_layers))
             full = tuple(jnp.ones((1, s.shape[2]), jnp.bool_) for s, _ in earlier[0])
+            window_slots = None
+            if c.has_sliding_layers:  # key slots of the prompt, earlier chunks, this chunk
+                key_slots, offset = (jnp.arange(plen),), 0
+                for s, _ in earlier[0]:
+                    key_slots += (plen + offset + jnp.arange(s.shape[2]),)
+                    offset += s.shape[2]
+                window_slots = (key_slots + (plen + start + jnp.arange(size),), plen)
 
             def cond(carry: tuple[DecodeState, Any]) -> jax.Array:
                 state = carry[0]
@@ -410,6 +422,8 @@ class Sampler:
                     (prompt_mask, *full, filled),
                     append_at=i - start,
                     rope_table=rope,
+                    window_slots=window_slots and (window_slots[0], window_slots[1] + i),
+                    local_rope_table=local_rope,
                 )
                 chunk = tuple(tuple(self._constrain_gen(a) for a in kv) for kv in chunk)
                 state = state.replace(positions=state.positions + 1)
