@@ -454,7 +454,7 @@ class Transformer(nn.Module):
         logits = None
         if return_logits:
             h = hidden[:, -1:] if last_logits_only else hidden
-            logits = _logits(c, h, lm_head)
+            logits = lm_logits(c, h, lm_head)
 
         heads = {}
         for name in self.heads:
@@ -475,7 +475,10 @@ def _embed(c: ModelConfig, table: jax.Array, tokens: jax.Array) -> jax.Array:
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
-def _logits(c: ModelConfig, hidden: jax.Array, lm_head: jax.Array) -> jax.Array:
+def lm_logits(c: ModelConfig, hidden: jax.Array, lm_head: jax.Array) -> jax.Array:
+    """Float32 logits [B, T, V] of final-normed `hidden` through `lm_head` [D, V] (with
+    Gemma 2's final soft-cap): the one place the model, the decode step and the chunked
+    loss (`training.losses`) make them."""
     logits = jnp.einsum("BTD,DV->BTV", hidden, lm_head.astype(c.compute_dtype))
     logits = _softcap(logits.astype(jnp.float32), c.final_softcap)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
@@ -577,7 +580,7 @@ def decode_step(
         updated.append(kv)
     hidden = _norm(c).apply({"params": params["final_norm"]}, x)
     lm_head = params["embedding"].T if c.tie_embeddings else params["lm_head"]
-    return _logits(c, hidden, lm_head)[:, 0], updated
+    return lm_logits(c, hidden, lm_head)[:, 0], updated
 
 
 def init_params(config: ModelConfig, rng: jax.Array, heads: tuple[str, ...] = ()) -> Any:

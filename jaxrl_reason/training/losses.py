@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_reason.model import Transformer
+from jaxrl_reason.model.transformer import lm_logits
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -102,12 +103,11 @@ def chunked_response_cross_entropy(
     # [chunks, B, c, ...]: one row of the map per chunk of positions.
     h = h.reshape(b, chunks, c, d).swapaxes(0, 1)
     targets = targets.reshape(b, chunks, c).swapaxes(0, 1)
-    w = lm_head.astype(config.compute_dtype)
 
     @jax.checkpoint
     def chunk(args: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         h_c, y_c = args
-        logits = jnp.einsum("BTD,DV->BTV", h_c, w).astype(jnp.float32)
+        logits = lm_logits(config, h_c, lm_head)
         target = jnp.take_along_axis(logits, y_c[..., None], axis=-1)[..., 0]
         logp = target - jax.nn.logsumexp(logits, axis=-1)
         return logp, jnp.argmax(logits, axis=-1) == y_c

@@ -75,6 +75,7 @@ def test_empty_mask_gives_zero_loss_not_nan():
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_chunked_cross_entropy_equals_the_full_logits_one(tie):
+    # Tied: with Gemma 2's final logit soft-cap too (the chunks make logits as the model does).
     """Loss, metrics and gradients of the chunked SFT loss equal the plain one (to float32
     rounding), for chunk sizes that do and do not divide the positions."""
     config = ModelConfig(
@@ -102,7 +103,7 @@ def test_chunked_cross_entropy_equals_the_full_logits_one(tie):
     for k in m_a:
         np.testing.assert_allclose(m_b[k], m_a[k], rtol=1e-6, err_msg=k)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7), g_a, g_b)
-    # Chunks that do not divide the 10 positions (4 rows of 3 x 1 position... 3 x 2).
+    # 9 tokens = 3 rows x 3 positions a chunk: 4 chunks over 10 positions, the last padded.
     out = model.apply(
         {"params": params},
         tokens,
@@ -110,7 +111,7 @@ def test_chunked_cross_entropy_equals_the_full_logits_one(tie):
         positions=jnp.broadcast_to(jnp.arange(11), tokens.shape),
     )
     loss_c, _ = losses.chunked_response_cross_entropy(
-        config, out.hidden, losses.lm_head_weights(config, params), tokens, mask, chunk_tokens=6
+        config, out.hidden, losses.lm_head_weights(config, params), tokens, mask, chunk_tokens=9
     )
     np.testing.assert_allclose(loss_c, loss_a, rtol=1e-6)
 
