@@ -20,6 +20,7 @@ GGUF (`AutoTokenizer.from_pretrained(dir, gguf_file=...)`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -73,15 +74,25 @@ _TOKEN_CONTROL, _TOKEN_USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
 # ----------------------------------------------------------------------------- reading
 
 
-def open_gguf(path: PathLike) -> Any:
-    """A `gguf.GGUFReader` of `path` (memory-mapped); errors name the file."""
+@dataclasses.dataclass(frozen=True)
+class GGUFFile:
+    """An open GGUF file: its path (for messages) and what `gguf.GGUFReader` read of it."""
+
+    path: pathlib.Path
+    fields: dict[str, Any]  # metadata key -> `ReaderField`
+    tensors: list[Any]  # `ReaderTensor`s: name, tensor_type, shape (ne order), data
+
+
+def open_gguf(path: PathLike) -> GGUFFile:
+    """`path` read by `gguf.GGUFReader` (the tensors memory-mapped); errors name the file."""
     import gguf
 
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: give the path of a .gguf file")
     try:
-        return gguf.GGUFReader(path)
+        reader = gguf.GGUFReader(path)
+        return GGUFFile(path, dict(reader.fields), list(reader.tensors))
     except (ValueError, OSError) as err:  # "GGUF magic invalid", an empty or short file
         raise RunFileError(
             f"{path}: not a readable GGUF file ({err}); download it again, or give a .gguf "
@@ -92,7 +103,7 @@ def open_gguf(path: PathLike) -> Any:
 _MISSING = object()
 
 
-def _value(reader: Any, key: str, default: Any = _MISSING) -> Any:
+def _value(reader: GGUFFile, key: str, default: Any = _MISSING) -> Any:
     field = reader.fields.get(key)
     if field is None:
         if default is _MISSING:
@@ -101,7 +112,7 @@ def _value(reader: Any, key: str, default: Any = _MISSING) -> Any:
     return field.contents()
 
 
-def _check_architecture(reader: Any) -> None:
+def _check_architecture(reader: GGUFFile) -> None:
     arch = _value(reader, "general.architecture")
     if arch != ARCHITECTURE:
         raise ValueError(
@@ -110,7 +121,7 @@ def _check_architecture(reader: Any) -> None:
         )
 
 
-def config_from_gguf(reader: Any, dtype: str | None = None) -> ModelConfig:
+def config_from_gguf(reader: GGUFFile, dtype: str | None = None) -> ModelConfig:
     """The `ModelConfig` of a Llama GGUF's `llama.*` metadata and tensors."""
     _check_architecture(reader)
     prefix = f"{ARCHITECTURE}."
@@ -230,7 +241,7 @@ def _tensor_names(c: ModelConfig) -> set[str]:
     return names
 
 
-def _dequantized(reader: Any, tensor: Any) -> np.ndarray:
+def _dequantized(reader: GGUFFile, tensor: Any) -> np.ndarray:
     """The tensor as float32 in numpy (HF) order, from whatever type the file stores."""
     import gguf
 
@@ -328,7 +339,7 @@ _PRE_SPLITS: dict[str, str | None] = {
 }
 
 
-def _token_text(tokens: list[str], reader: Any, key: str) -> str | None:
+def _token_text(tokens: list[str], reader: GGUFFile, key: str) -> str | None:
     index = _value(reader, key, None)
     if index is None:
         return None
@@ -337,7 +348,7 @@ def _token_text(tokens: list[str], reader: Any, key: str) -> str | None:
     return tokens[index]
 
 
-def tokenizer_files(reader: Any) -> dict[str, bytes]:
+def tokenizer_files(reader: GGUFFile) -> dict[str, bytes]:
     """`tokenizer.json`, `tokenizer_config.json` and `generation_config.json` of a GGUF's
     byte-level BPE tokenizer (tokenizer.ggml.model "gpt2"), name -> contents."""
     from tokenizers import (
