@@ -203,7 +203,8 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_import_gguf_then_eval_the_checkpoint(tmp_path, capsys, shared_data_dir):
     """import-hf of a .gguf writes a checkpoint with its tokenizer; eval --init_checkpoint
-    evaluates it with a run's evaluation and writes OUT/eval.json, never over one."""
+    evaluates it (or a HF directory) with a run's evaluation and writes OUT/eval.json,
+    over an existing one only with --overwrite."""
     from tests.model.gguf_files import write_tiny_llama
 
     write_tiny_llama(tmp_path / "tiny.gguf")
@@ -227,9 +228,16 @@ def test_import_gguf_then_eval_the_checkpoint(tmp_path, capsys, shared_data_dir)
     code, _, err = _cli(capsys, *args, "--num_questions", "2")
     assert code == 2 and "eval.json exists: choose another --out, or pass --overwrite" in err
     assert len(err.strip().splitlines()) == 1 and (out / "eval.json").read_text() == before
-    code, _, err = _cli(capsys, *args, "--num_questions", "2", "--overwrite")
+    # A HF directory is evaluated as it is (here the export of the import, which has no
+    # tokenizer of its own: --tokenizer gives it).
+    assert _cli(capsys, "export-hf", str(ckpt), str(tmp_path / "hf"))[0] == 0
+    args[2] = str(tmp_path / "hf")
+    tokenizer = ["--tokenizer", str(ckpt / "tokenizer.json")]
+    code, _, err = _cli(capsys, *args, "--num_questions", "2", *tokenizer, "--overwrite")
     assert code == 0, err
-    assert json.loads((out / "eval.json").read_text())["num_questions"] == 2
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["num_questions"] == 2 and evaluation["init_checkpoint"] == args[2]
+    assert evaluation["tokenizer"] == str(ckpt / "tokenizer.json")
 
 
 def test_eval_of_a_pretrained_model_refuses_bad_flags(tmp_path, capsys):
