@@ -23,12 +23,61 @@ def _train(args: argparse.Namespace) -> None:
     # config.gin at the start (what was parsed), then resolved at the end (what ran).
     rows = train_experiment(args.workdir, on_start=write_resolved_config)
     write_resolved_config(args.workdir)
+    if not rows:  # the ORM alone: it scores, it is not a policy to tabulate
+        print(
+            f"trained the ORM only ({args.workdir}/orm); no policy was trained: use it "
+            f"with `jaxrl-reason eval --orm_workdir {args.workdir}`"
+        )
+        return
     print(markdown_table(rows, EvalConfig().num_samples))
 
 
-def _eval(args: argparse.Namespace) -> None:
-    from jaxrl_reason.experiment import evaluate_workdir
+# eval's flags that only one of its two sources takes.
+_RUN_ONLY = ("step",)
+_PRETRAINED_ONLY = ("out", "overwrite", "tokenizer", "prompt_format", "num_shots")
 
+
+def _eval(args: argparse.Namespace) -> None:
+    """`eval --workdir RUN` (a run's saved policy) or `eval --init_checkpoint DIR --out
+    OUT` (a pretrained model): the same evaluation."""
+    from jaxrl_reason.experiment import evaluate_checkpoint, evaluate_workdir
+
+    if (args.workdir is None) == (args.init_checkpoint is None):
+        raise ValueError(
+            "give exactly one of --workdir RUN_DIR (a run's saved policy) and "
+            "--init_checkpoint DIR (an import-hf checkpoint or a HF model directory)"
+        )
+    given = {k for k, v in vars(args).items() if v is not None and v is not False}
+    if args.init_checkpoint is not None:
+        if wrong := [f"--{k}" for k in _RUN_ONLY if k in given]:
+            raise ValueError(f"{', '.join(wrong)}: only with --workdir (a run's policies)")
+        missing = [f"--{k}" for k in ("task", "out") if k not in given]
+        if missing:
+            raise ValueError(
+                f"eval --init_checkpoint needs {' and '.join(missing)}: the task to ask "
+                "and the directory eval.json is written to"
+            )
+        evaluate_checkpoint(
+            args.init_checkpoint,
+            args.out,
+            task=args.task,
+            data_dir=args.data_dir,
+            k=args.k,
+            num_questions=args.num_questions,
+            temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens,
+            prompt=args.prompt_format or "zero_shot",
+            num_shots=4 if args.num_shots is None else args.num_shots,
+            tokenizer=args.tokenizer,
+            orm_workdir=args.orm_workdir,
+            overwrite=args.overwrite,
+        )
+        return
+    if wrong := [f"--{k}" for k in _PRETRAINED_ONLY if k in given]:
+        raise ValueError(
+            f"{', '.join(wrong)}: only with --init_checkpoint (a run writes its eval.json "
+            "in its directory, with its own tokenizer and prompt)"
+        )
     evaluate_workdir(
         args.workdir,
         task=args.task,
@@ -76,10 +125,18 @@ def _study(args: argparse.Namespace) -> None:
 
 
 def _import_hf(args: argparse.Namespace) -> None:
+    """A HF directory, or a GGUF file (weights de-quantised, tokenizer written beside)."""
+    import time
+
+    from jaxrl_reason.model.gguf import import_gguf_to_checkpoint, is_gguf
     from jaxrl_reason.model.hf_interop import import_hf_to_checkpoint
 
-    import_hf_to_checkpoint(args.src, args.dst)
-    print(f"imported {args.src} -> {args.dst}")
+    start = time.perf_counter()
+    if is_gguf(args.src):
+        import_gguf_to_checkpoint(args.src, args.dst)
+    else:
+        import_hf_to_checkpoint(args.src, args.dst)
+    print(f"imported {args.src} -> {args.dst} in {time.perf_counter() - start:.1f} s")
 
 
 def _export_hf(args: argparse.Namespace) -> None:
@@ -154,11 +211,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="evaluate a run's saved policy on its test questions; writes eval.json and "
-        "changes nothing else (every flag defaults to what the run used)",
+        help="evaluate a run's saved policy on its test questions (--workdir; writes "
+        "eval.json there and changes nothing else; every flag defaults to what the run "
+        "used), or a pretrained model (--init_checkpoint DIR --task T --out OUT)",
+    )
+    p.add_argument("--workdir", default=None, type=_workdir, help="a run directory (train or demo)")
+    p.add_argument(
+        "--init_checkpoint",
+        default=None,
+        type=_workdir,
+        help="instead of --workdir: an import-hf output directory (from a HF directory or a "
+        ".gguf file) or a HF model directory",
     )
     p.add_argument(
-        "--workdir", required=True, type=_workdir, help="a run directory (train or demo)"
+        "--out", default=None, type=_workdir, help="with --init_checkpoint: where eval.json goes"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/eval.json")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="with --init_checkpoint: a tokenizer.json / .model (default: the model directory's)",
+    )
+    p.add_argument(
+        "--prompt_format",
+        default=None,
+        help="with --init_checkpoint: how questions are asked, a TaskConfig.prompt "
+        "(zero_shot, the default 'Q: ...\\nA: ', or few_shot)",
+    )
+    p.add_argument(
+        "--num_shots", type=int, default=None, help="solved examples of few_shot (default 4)"
     )
     p.add_argument(
         "--step", type=int, default=None, help="policy step in WORKDIR/policy (default: newest)"
@@ -236,8 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "val"))
     p.set_defaults(func=_study)
 
-    p = sub.add_parser("import-hf", help="HF Llama directory -> orbax checkpoint + config")
-    p.add_argument("src")
+    p = sub.add_parser(
+        "import-hf",
+        help="HF Llama directory, or a llama.cpp .gguf file (de-quantised; its tokenizer "
+        "written as tokenizer.json beside), -> orbax checkpoint + config",
+    )
+    p.add_argument("src", help="a HF model directory or a .gguf file")
     p.add_argument("dst")
     p.set_defaults(func=_import_hf)
 

@@ -305,6 +305,8 @@ def _policy_and_params(
 ) -> tuple[Policy, Any]:
     """The run's tokenizer (trained here unless given), model, prompt format and mesh."""
     tokenizer_path = model.tokenizer_path
+    if tokenizer_path is None and model.init_checkpoint is not None:
+        tokenizer_path = checkpoint_tokenizer(model.init_checkpoint, "ModelSetup.tokenizer_path")
     if tokenizer_path is None:
         tokenizer_path = str(workdir / "tokenizer.model")
         if not Path(tokenizer_path).exists():
@@ -342,11 +344,52 @@ def _mesh_or_none() -> Any:
     return make_mesh() if jax.device_count() > 1 else None
 
 
-def _load_pretrained(path: str, mesh: Any) -> tuple[ModelConfig, Any]:
-    """An `import-hf` checkpoint, each tensor placed straight onto its sharding."""
-    from jaxrl_reason.model.hf_interop import load_checkpoint
+def _load_pretrained(path: str | os.PathLike, mesh: Any) -> tuple[ModelConfig, Any]:
+    """An `import-hf` checkpoint, each tensor placed straight onto its sharding, or a HF
+    model directory (read into memory, then placed)."""
+    from jaxrl_reason.model.hf_interop import load_checkpoint, load_hf_llama
 
-    return load_checkpoint(path, mesh)
+    path = Path(path)
+    _check_pretrained(path)
+    if (path / "model_config.json").is_file():
+        return load_checkpoint(path, mesh)
+    config, params = load_hf_llama(path)
+    if mesh is not None:
+        shardings = jax.tree.map(lambda a: a.sharding, abstract_params(config, mesh=mesh))
+        params = jax.device_put(params, shardings)
+    return config, params
+
+
+def _check_pretrained(path: Path) -> None:
+    """Refuse a path that is neither an `import-hf` checkpoint nor a HF model directory."""
+    if path.suffix.lower() == ".gguf":
+        raise ValueError(
+            f"{path} is a GGUF file: import it first, `jaxrl-reason import-hf {path} DIR`, "
+            "and give DIR"
+        )
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{path} not found: give an `import-hf` checkpoint or a HF model directory"
+        )
+    if not (path / "model_config.json").is_file() and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is neither an `import-hf` checkpoint (no model_config.json) nor a HF "
+            "model directory (no config.json)"
+        )
+
+
+def checkpoint_tokenizer(path: str | os.PathLike, flag: str) -> str:
+    """The tokenizer a pretrained model directory carries (tokenizer.json or
+    tokenizer.model, as `import-hf` of a GGUF or a HF download has); `flag` names where to
+    give one when it has none."""
+    path = Path(path)
+    for name in ("tokenizer.json", "tokenizer.model"):
+        if (path / name).is_file():
+            return str(path / name)
+    raise FileNotFoundError(
+        f"{path} holds no tokenizer (tokenizer.json or tokenizer.model): give the model's "
+        f"own with {flag}"
+    )
 
 
 # ----------------------------------------------------------------------------- run.json
@@ -364,7 +407,8 @@ def _algorithm_list(algorithms: Any) -> tuple[str, ...]:
     if not algorithms:
         raise ValueError(
             "train_experiment.algorithms is empty: list what to run, e.g. ('sft', 'ei') "
-            f"(known: {', '.join(algorithm_names())})"
+            f"(known: {', '.join(algorithm_names())}); to evaluate a model without training "
+            "it, run `jaxrl-reason eval --init_checkpoint DIR`"
         )
     return algorithms
 
@@ -727,24 +771,131 @@ def evaluate_workdir(
         temperature=ran.get("temperature", 0.7) if temperature is None else temperature,
         max_new_tokens=max_new_tokens,
     )
+    what = f"{meta.get('phase', 'policy')} policy ({_policy_step_text(workdir, meta, step)})"
+    return _evaluate_and_write(
+        f"{workdir}: {what}",
+        policy,
+        params,
+        test,
+        cfg,
+        scorer,
+        {"method": meta.get("phase", "policy"), "samples": meta.get("samples_drawn", 0)},
+        {"task": name, "policy_meta": meta, "workdir": str(workdir)},
+        workdir / "eval.json",
+        show_progress,
+    )
+
+
+def _evaluate_and_write(
+    what: str,
+    policy: Policy,
+    params: Any,
+    test: Sequence,
+    cfg: EvalConfig,
+    scorer: ORMScorer | None,
+    row: dict[str, Any],
+    about: dict[str, Any],
+    out: Path,
+    show_progress: bool,
+) -> dict[str, Any]:
+    """What both kinds of `eval` do once the model is loaded: evaluate, print the table,
+    write `out` (the result with `about` added)."""
     print(
-        f"jaxrl-reason eval: {workdir}: {meta.get('phase', 'policy')} policy "
-        f"({_policy_step_text(workdir, meta, step)}) on {len(test)} {name} test questions, "
-        f"greedy + K = {cfg.num_samples} samples at temperature {cfg.temperature}, "
-        f"up to {cfg.max_new_tokens} new tokens"
+        f"jaxrl-reason eval: {what} on {len(test)} {about['task']} test questions, greedy + "
+        f"K = {cfg.num_samples} samples at temperature {cfg.temperature}, up to "
+        f"{cfg.max_new_tokens} new tokens"
     )
     result = policy.evaluate(params, test, cfg, scorer, show_progress=show_progress)
-    result.update(task=name, policy_meta=meta, workdir=str(workdir))
-    row = {
-        "method": meta.get("phase", "policy"),
-        **result["summary"],
-        "samples": meta.get("samples_drawn", 0),
-    }
+    result.update(about)
+    row = {"method": row["method"], **result["summary"], "samples": row["samples"]}
     print(markdown_table([row], cfg.num_samples))  # first: shown even if writing fails
     print(f"\n{table_note(cfg.num_samples)}")
-    write_json(workdir / "eval.json", result)
-    print(f"wrote {workdir / 'eval.json'}")
+    write_json(out, result)
+    print(f"wrote {out}")
     return result
+
+
+def evaluate_checkpoint(
+    init_checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    task: str,
+    data_dir: str | None = None,
+    k: int | None = None,
+    num_questions: int | None = None,
+    temperature: float | None = None,
+    max_new_tokens: int | None = None,
+    prompt: str = "zero_shot",
+    num_shots: int = 4,
+    tokenizer: str | None = None,
+    orm_workdir: str | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """`jaxrl-reason eval --init_checkpoint DIR --out OUT`: evaluate a pretrained model (an
+    `import-hf` checkpoint or a HF model directory) as a run evaluates its policies, and
+    write `OUT/eval.json`.
+
+    The tokenizer is DIR's own (tokenizer.json or tokenizer.model) unless `tokenizer` is
+    given. What is left None takes `EvalConfig`'s and `TaskConfig`'s defaults: K = 16 at
+    temperature 0.7, the first 200 test questions, and what the model's context leaves
+    after the longest prompt (at most 256 new tokens). `prompt` is a `TaskConfig.prompt`
+    ("few_shot": `num_shots` solved training questions before each). Every argument is
+    checked, and the model and its tokenizer found, before anything is loaded or written.
+    """
+    path, out_file = Path(init_checkpoint), Path(out) / "eval.json"
+    if num_questions is not None and num_questions <= 0:
+        raise ValueError(f"--num_questions must be a positive number, got {num_questions}")
+    if k is not None and k < 0:
+        raise ValueError(f"--k must be >= 0 samples per question (0: greedy only), got {k}")
+    if data_dir is not None and task == "arith":
+        raise ValueError(
+            f"--data_dir {data_dir}: the task is arith (built in, no files); to evaluate on "
+            "GSM8K or SVAMP pass --task gsm8k or --task svamp with it"
+        )
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file: give a directory for eval.json")
+    if out_file.exists() and not overwrite:
+        raise FileExistsError(
+            f"{out_file} exists: choose another --out, or pass --overwrite to replace it"
+        )
+    _check_pretrained(path)
+    tok = load_tokenizer(tokenizer or checkpoint_tokenizer(path, "--tokenizer"))
+    sizes = {} if num_questions is None else {"num_eval": num_questions}
+    questions = TaskConfig(
+        name=task, data_dir=data_dir, prompt=prompt, num_shots=num_shots, **sizes
+    )
+    data = load_task_data(questions, seed=0)
+    chat = {"tokenizer": tok} if prompt == "chat" else {}  # the model's chat template
+    fmt = prompt_format(kind=prompt, exemplars=data.train, num_shots=num_shots, seed=0, **chat)
+    scorer = _orm_scorer(Path(orm_workdir), required=True) if orm_workdir else None
+    mesh = _mesh_or_none()
+    config, params = _load_pretrained(path, mesh)
+    policy = Policy(config, tok, fmt, mesh)
+    defaults = EvalConfig()
+    cfg = EvalConfig(
+        num_samples=defaults.num_samples if k is None else k,
+        temperature=defaults.temperature if temperature is None else temperature,
+        max_new_tokens=max_new_tokens or _room_to_generate(policy, data.test),
+    )
+    about = {
+        "task": task,
+        "init_checkpoint": str(path.absolute()),
+        "tokenizer": str(Path(tok.path).absolute()),
+        "prompt_format": dataclasses.asdict(fmt),
+    }
+    row = {"method": path.name or "pretrained", "samples": 0}
+    return _evaluate_and_write(
+        f"{path}: pretrained model",
+        policy,
+        params,
+        data.test,
+        cfg,
+        scorer,
+        row,
+        about,
+        out_file,
+        show_progress,
+    )
 
 
 def _policy_step_text(workdir: Path, meta: dict[str, Any], step: int | None) -> str:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -186,3 +187,130 @@ def test_train_with_an_unknown_binding_names_it(tmp_path):
         timeout=120,
     )
     assert out.returncode == 2 and "num_epoch" in out.stderr
+
+
+# ----------------------------------------------------------------------------- pretrained
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`jaxrl-reason ARGS` in this process (seconds faster than a subprocess)."""
+    from jaxrl_reason import cli
+
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_import_gguf_then_eval_the_checkpoint(tmp_path, capsys, shared_data_dir):
+    """import-hf of a .gguf writes a checkpoint with its tokenizer; eval --init_checkpoint
+    evaluates it (or a HF directory) with a run's evaluation and writes OUT/eval.json,
+    over an existing one only with --overwrite."""
+    from tests.model.gguf_files import write_tiny_llama
+
+    write_tiny_llama(tmp_path / "tiny.gguf")
+    ckpt, out = tmp_path / "ckpt", tmp_path / "eval"
+    code, stdout, err = _cli(capsys, "import-hf", str(tmp_path / "tiny.gguf"), str(ckpt))
+    assert code == 0, err
+    assert re.search(r"imported .*tiny.gguf -> .*ckpt in \d+\.\d s", stdout)
+    assert (ckpt / "tokenizer.json").is_file() and (ckpt / "model_config.json").is_file()
+    gsm8k = str(shared_data_dir / "gsm8k")
+    args = ["eval", "--init_checkpoint", str(ckpt), "--task", "gsm8k", "--data_dir", gsm8k]
+    args += ["--out", str(out), "--max_new_tokens", "8", "--k", "0"]
+    code, stdout, err = _cli(capsys, *args, "--num_questions", "4")
+    assert code == 0, err
+    assert "| ckpt |" in stdout and "pretrained model on 4 gsm8k test questions" in stdout
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["num_questions"] == 4 and evaluation["k"] == 0
+    assert evaluation["init_checkpoint"] == str(ckpt)
+    assert evaluation["tokenizer"] == str(ckpt / "tokenizer.json")
+    assert evaluation["prompt_format"]["template"] == "Q: {question}\nA: "
+    before = (out / "eval.json").read_text()
+    code, _, err = _cli(capsys, *args, "--num_questions", "2")
+    assert code == 2 and "eval.json exists: choose another --out, or pass --overwrite" in err
+    assert len(err.strip().splitlines()) == 1 and (out / "eval.json").read_text() == before
+    # A HF directory is evaluated as it is (here the export of the import, which has no
+    # tokenizer of its own: --tokenizer gives it).
+    assert _cli(capsys, "export-hf", str(ckpt), str(tmp_path / "hf"))[0] == 0
+    args[2] = str(tmp_path / "hf")
+    tokenizer = ["--tokenizer", str(ckpt / "tokenizer.json")]
+    code, _, err = _cli(capsys, *args, "--num_questions", "2", *tokenizer, "--overwrite")
+    assert code == 0, err
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["num_questions"] == 2 and evaluation["init_checkpoint"] == args[2]
+    assert evaluation["tokenizer"] == str(ckpt / "tokenizer.json")
+
+
+def test_eval_of_a_pretrained_model_refuses_bad_flags(tmp_path, capsys):
+    """Every mistake is one line naming the fix, checked before anything is loaded or
+    written."""
+    from tests.model.gguf_files import write_tiny_llama
+
+    write_tiny_llama(tmp_path / "tiny.gguf")
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text("{}")
+    out = str(tmp_path / "out")
+    base = ["--task", "arith", "--out", out]
+    cases = [
+        (["--workdir", str(tmp_path), "--init_checkpoint", str(hf_dir), *base], "exactly one of"),
+        (["--task", "arith"], "exactly one of --workdir"),
+        (["--init_checkpoint", str(tmp_path / "nope"), *base], "nope not found: give an"),
+        (["--init_checkpoint", str(tmp_path), *base], "neither an `import-hf` checkpoint"),
+        (["--init_checkpoint", str(tmp_path / "tiny.gguf"), *base], "import it first"),
+        (["--init_checkpoint", str(hf_dir), *base], "holds no tokenizer"),
+        (["--init_checkpoint", str(hf_dir), "--out", out], "needs --task"),
+        (["--init_checkpoint", str(hf_dir), "--task", "arith"], "needs --out"),
+        (["--init_checkpoint", str(hf_dir), "--step", "0", *base], "--step: only with --workdir"),
+        (["--workdir", str(tmp_path), "--out", out], "--out: only with --init_checkpoint"),
+        (["--init_checkpoint", str(hf_dir), *base, "--k", "-1"], "--k must be >= 0"),
+    ]
+    for flags, message in cases:
+        code, _, err = _cli(capsys, "eval", *flags)
+        assert code == 2 and message in err, (flags, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "tiny.gguf"]  # nothing written
+
+
+def test_import_of_a_bad_gguf_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from tests.model.gguf_files import write_other_architecture
+
+    write_other_architecture(tmp_path / "qwen.gguf")
+    (tmp_path / "text.gguf").write_text("a text file named .gguf")
+    for name, message in (
+        ("qwen.gguf", "general.architecture='qwen2': only 'llama' GGUF files are supported"),
+        ("text.gguf", "text.gguf: not a readable GGUF file"),
+        ("missing.gguf", "missing.gguf not found"),
+    ):
+        code, _, err = _cli(capsys, "import-hf", str(tmp_path / name), str(tmp_path / "dst"))
+        assert code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen.gguf", "text.gguf"]
+
+
+@pytest.mark.slow  # the real 135M model: a minute to import and compile on 2 CPU cores
+def test_import_and_eval_the_real_smollm2_gguf(tmp_path, capsys, smollm2_gguf, shared_data_dir):
+    ckpt, out = tmp_path / "smollm2", tmp_path / "eval"
+    code, _, err = _cli(capsys, "import-hf", str(smollm2_gguf), str(ckpt))
+    assert code == 0, err
+    gsm8k = str(shared_data_dir / "gsm8k")
+    code, stdout, err = _cli(
+        capsys,
+        "eval",
+        "--init_checkpoint",
+        str(ckpt),
+        "--task",
+        "gsm8k",
+        "--data_dir",
+        gsm8k,
+        "--num_questions",
+        "4",
+        "--k",
+        "0",
+        "--max_new_tokens",
+        "8",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["num_questions"] == 4 and 0.0 <= evaluation["summary"]["maj@1"] <= 1.0

@@ -220,3 +220,30 @@ def test_common_files_bind_disjoint_names():
     for group in ALTERNATIVES:
         names = [_bound_names(EXPERIMENTS_DIR / "common" / f"{stem}.gin") for stem in group]
         assert all(n == names[0] for n in names), group
+
+
+PRETRAINED = EXPERIMENTS_DIR / "pretrained" / "gsm8k_smollm2_135m_sft_ei.gin"
+
+
+def test_pretrained_smollm2_config_runs_sft_then_ei_from_its_import():
+    """The documented CPU run from an imported SmolLM2: SFT then EI, on GSM8K, from the
+    checkpoint the file's own import command writes, with its tokenizer (none trained)."""
+    text = PRETRAINED.read_text()
+    parse_config([f"experiments/pretrained/{PRETRAINED.name}"])
+    try:
+        assert list(gin.query_parameter("train_experiment.algorithms")) == ["sft", "ei"]
+        task, model = TaskConfig(), ModelSetup()
+        assert task.name == "gsm8k" and task.num_sft <= task.num_train
+        assert "import-hf ~/.cache/jaxrl_reason/SmolLM2-135M-Instruct.Q4_1.gguf" in text
+        assert f"{model.init_checkpoint}\n" in text  # the directory the import writes
+        assert model.tokenizer_path is None  # the checkpoint's own tokenizer.json
+        sft, ei, evaluation = SFTConfig(), build_algorithm("ei").cfg, EvalConfig()
+        assert isinstance(OptimizerConfig(), OptimizerConfig)
+        # Small enough for a CPU: a few SFT steps, one EI round of a few hundred samples.
+        assert task.num_sft * sft.num_epochs / sft.batch_size <= 16
+        assert ei.num_rounds * ei.questions_per_round * ei.num_samples <= 512
+        assert task.num_eval * (1 + evaluation.num_samples) <= 128
+        for batch in (sft.batch_size, ei.batch_size, ei.prompts_per_call * ei.num_samples):
+            assert batch % 8 == 0  # the 8 devices of the CPU mesh in the tests
+    finally:
+        gin.clear_config()
