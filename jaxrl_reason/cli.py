@@ -319,8 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "import-hf",
-        help="HF Llama directory, or a llama.cpp .gguf file (de-quantised; its tokenizer "
-        "written as tokenizer.json beside), -> orbax checkpoint + config",
+        help="HF directory (Llama, Qwen2/3, Gemma 2/3), or a llama.cpp .gguf file "
+        "(de-quantised; its tokenizer written as tokenizer.json beside), -> orbax checkpoint "
+        "+ config",
     )
     p.add_argument("src", help="a HF model directory or a .gguf file")
     p.add_argument("dst")
@@ -328,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export-hf",
-        help="a run directory's policy (or an import-hf checkpoint) -> HF Llama directory",
+        help="a run directory's policy (or an import-hf checkpoint) -> HF directory",
     )
     p.add_argument("src", help="a run directory (with run.json) or an import-hf checkpoint")
     p.add_argument("dst")
