@@ -135,7 +135,10 @@ def test_every_declared_range_and_choice_is_enforced(cls):
     for field, spec in specs.items():
         kinds = [k for k in typing.get_args(hints[field]) or (hints[field],) if k is not type(None)]
         if spec.choices is not None:
-            problems.append(_refuses(cls, field, "no-such-choice", "one of"))
+            # A tuple field (e.g. ModelConfig.layer_types) holds choices: one bad element.
+            is_tuple = typing.get_origin(hints[field]) is tuple
+            bad = ("no-such-choice",) if is_tuple else "no-such-choice"
+            problems.append(_refuses(cls, field, bad, "one of"))
         elif spec.range is not None and kinds[0] in (int, float):
             bad = _outside(spec.range, kinds[0])
             problems.append(_refuses(cls, field, bad, spec.range.describe(), f"got {bad!r}"))
