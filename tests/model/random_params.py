@@ -20,3 +20,16 @@ def random_params(config, seed=0, heads=()):
         ),
         shapes,
     )
+
+
+def randomize_hf_model(model, seed=0):
+    """A `transformers` model's params drawn in place as `random_params` draws ours: norm
+    weights near 1 (non-unit scales catch swapped norms), others N(0, 0.3^2) (large enough
+    to make RoPE and mask errors visible). Returns the model, in eval mode."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    return model.eval()

@@ -24,7 +24,7 @@ from jaxrl_reason.model import (  # noqa: E402
 )
 from jaxrl_reason.sampling.config import SamplingConfig  # noqa: E402
 from jaxrl_reason.sampling.sampler import Sampler  # noqa: E402
-from tests.model.random_params import random_params  # noqa: E402
+from tests.model.random_params import random_params, randomize_hf_model  # noqa: E402
 from tests.model.test_hf_interop import (  # noqa: E402
     _assert_logits_close,
     _batch,
@@ -108,13 +108,8 @@ def _hf_config(family, **changes):
 
 def _hf_model(family, seed=0):
     _, model_class, _ = FAMILIES[family]
-    torch.manual_seed(seed)
-    model = getattr(transformers, model_class)(_hf_config(family)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            # Non-trivial norms and biases; std 0.3 makes RoPE and mask errors visible.
-            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
-    return model
+    torch.manual_seed(seed)  # the random init the loop below overwrites is seeded too
+    return randomize_hf_model(getattr(transformers, model_class)(_hf_config(family)), seed)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from jaxrl_reason.model import (  # noqa: E402
 from jaxrl_reason.model.config import ModelConfig, RopeScaling  # noqa: E402
 from jaxrl_reason.parallel import logical_shardings, make_mesh  # noqa: E402
 from jaxrl_reason.run_files import RunFileError  # noqa: E402
-from tests.model.random_params import random_params  # noqa: E402
+from tests.model.random_params import random_params, randomize_hf_model  # noqa: E402
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -56,12 +56,8 @@ def _hf_model(seed=0, **overrides):
     )
     kw.update(overrides)
     torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            # Non-unit norm scales catch swapped norms; std 0.3 makes RoPE errors visible.
-            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
-    return model
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw))
+    return randomize_hf_model(model, seed)
 
 
 @pytest.fixture(scope="module")
