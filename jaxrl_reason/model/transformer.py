@@ -475,6 +475,11 @@ def _embed(c: ModelConfig, table: jax.Array, tokens: jax.Array) -> jax.Array:
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
+def lm_head_weights(c: ModelConfig, params: Any) -> jax.Array:
+    """The [D, V] output projection of `params` (the embedding table when tied)."""
+    return params["embedding"].T if c.tie_embeddings else params["lm_head"]
+
+
 def lm_logits(c: ModelConfig, hidden: jax.Array, lm_head: jax.Array) -> jax.Array:
     """Float32 logits [B, T, V] of final-normed `hidden` through `lm_head` [D, V] (with
     Gemma 2's final soft-cap): the one place the model, the decode step and the chunked
@@ -579,7 +584,7 @@ def decode_step(
         )
         updated.append(kv)
     hidden = _norm(c).apply({"params": params["final_norm"]}, x)
-    lm_head = params["embedding"].T if c.tie_embeddings else params["lm_head"]
+    lm_head = lm_head_weights(c, params)
     return lm_logits(c, hidden, lm_head)[:, 0], updated
 
 

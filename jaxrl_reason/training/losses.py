@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_reason.model import Transformer
-from jaxrl_reason.model.transformer import lm_logits
+from jaxrl_reason.model.transformer import lm_head_weights, lm_logits
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -68,11 +68,6 @@ def model_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array | None]:
 # Above this many bytes of float32 logits [B, T, V], the SFT loss computes them in chunks.
 CHUNKED_LOGITS_BYTES = 256 * 2**20
 LOGIT_CHUNK_TOKENS = 1024  # B x chunk rows of logits at a time
-
-
-def lm_head_weights(config: Any, params: Any) -> jax.Array:
-    """The [D, V] output projection of `params` (the embedding table when tied)."""
-    return params["embedding"].T if config.tie_embeddings else params["lm_head"]
 
 
 def chunked_response_cross_entropy(
