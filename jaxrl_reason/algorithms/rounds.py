@@ -240,7 +240,7 @@ def run_rounds(algo: Algorithm, ctx: PhaseContext) -> PhaseResult:
                 bar.update(1, num_tokens)
                 last, stop = r == algo.num_rounds, guard.should_stop
                 if last or stop or r % algo.checkpoint_every == 0:
-                    _save(algo, ckpt, ctx, state)
+                    _save(algo, ckpt, ctx, state, final=last)
                 if stop and not last:
                     message = (
                         f"received SIGTERM: saved {algo.phase} after round {r} in "
@@ -319,9 +319,13 @@ def _meta(algo: Algorithm, state: PhaseState) -> dict[str, Any]:
     }
 
 
-def _save(algo: Algorithm, ckpt: Checkpointer, ctx: PhaseContext, state: PhaseState) -> None:
-    """Save the phase state; the rounds it covers need their scratch checkpoints no more."""
-    ckpt.save(state.rounds_done, state.arrays, _meta(algo, state), force=True)
+def _save(
+    algo: Algorithm, ckpt: Checkpointer, ctx: PhaseContext, state: PhaseState, final: bool
+) -> None:
+    """Save the phase state (after its last round without optimizer state: nothing trains
+    on from it); the rounds it covers need their scratch checkpoints no more."""
+    meta = {**_meta(algo, state), "final": final}
+    ckpt.save(state.rounds_done, state.arrays, meta, force=True, final=final)
     ckpt.wait()
     if jax.process_index() == 0:
         for r in range(1, state.rounds_done + 1):
@@ -343,6 +347,14 @@ def _restore(algo: Algorithm, ckpt: Checkpointer, fresh: PhaseState) -> PhaseSta
         )
     arrays, meta = ckpt.restore(fresh.arrays)
     log.info("%s: resumed after round %d from %s", algo.phase, meta["rounds_done"], ckpt.directory)
+    if meta.get("final") and int(meta["rounds_done"]) < algo.num_rounds:
+        log.warning(
+            "%s: continuing a finished phase (%d rounds) to %d rounds: its optimizer state "
+            "was not kept, so it starts afresh",
+            algo.phase,
+            meta["rounds_done"],
+            algo.num_rounds,
+        )
     return PhaseState(
         arrays,
         meta["host"],

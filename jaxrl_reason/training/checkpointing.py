@@ -1,7 +1,12 @@
 """Orbax checkpoints of a train state plus a JSON dict of algorithm state.
 
-Each checkpoint holds two items: `state` (any pytree of arrays, usually a `TrainState`) and
-`meta` (JSON: data position, EI round, RNG key as ints, phase name ...). Orbax writes a
+Each checkpoint holds up to three items: `state` (any pytree of arrays, usually a `TrainState`,
+with the optimizer state of every `TrainState` in it cut out), `opt` (those optimizer states)
+and `meta` (JSON: data position, EI round, RNG key as ints, phase name ...). Only the newest
+step keeps `opt`, and the save that ends a phase (`final=True`) writes none: resuming needs
+the optimizer state of one step only, and it is most of a checkpoint's bytes (Adam: twice the
+params). Restoring an older step, as the fallback from a damaged newest one does, starts the
+optimizer afresh from the target's and says so. Orbax writes a
 step into a temporary directory and renames it when complete, so a process killed while
 saving leaves no half-written step behind. A step that is damaged later (a lost file, a
 truncated write on a flaky file system) is skipped with a warning and the previous one is
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -22,13 +28,21 @@ from jax.experimental import multihost_utils
 from jaxrl_reason.model import init_params, param_logical_axes
 from jaxrl_reason.parallel import logical_shardings
 from jaxrl_reason.run_files import RunFileError
+from jaxrl_reason.training.train_state import TrainState
 
 log = logging.getLogger(__name__)
 _MAX_REASON = 400  # characters of an orbax/tensorstore error kept in messages
+# Meta key of a checkpoint whose optimizer states are their own item: "kept" (in `opt`) or
+# "dropped" (a final save, or an older step after a newer one was saved).
+_OPT_KEY = "_optimizer_state"
 
 
 class CheckpointRestoreError(RuntimeError):
     """No checkpoint in the directory could be restored."""
+
+
+class NoOptimizerStateError(ValueError):
+    """An abstract target asks for the optimizer state of a step that holds none."""
 
 
 def _abstract(tree: Any) -> Any:
@@ -42,13 +56,42 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(leaf, tree)
 
 
+def _is_train_state(x: Any) -> bool:
+    return isinstance(x, TrainState)
+
+
+def split_optimizer(tree: Any) -> tuple[Any, list[Any]]:
+    """(`tree` with the `opt_state` of every `TrainState` in it set to None, those optimizer
+    states in tree order)."""
+    opts: list[Any] = []
+
+    def cut(x: Any) -> Any:
+        if _is_train_state(x):
+            opts.append(x.opt_state)
+            return x.replace(opt_state=None)
+        return x
+
+    return jax.tree.map(cut, tree, is_leaf=_is_train_state), opts
+
+
+def join_optimizer(slim: Any, opts: list[Any]) -> Any:
+    """The inverse of `split_optimizer`."""
+    it = iter(opts)
+    return jax.tree.map(
+        lambda x: x.replace(opt_state=next(it)) if _is_train_state(x) else x,
+        slim,
+        is_leaf=_is_train_state,
+    )
+
+
 class Checkpointer:
     """Keeps the newest `keep` checkpoints of a run in `workdir`.
 
     `save(step, ...)` writes only steps that are multiples of `save_every`, unless
-    `force=True`. With
-    `async_save` the arrays are copied to host memory and written in the background; call
-    `wait()` before relying on a save, and `close()` at the end.
+    `force=True`; `final=True` (the end of a phase, which is never trained on from) writes
+    no optimizer state. Once a newer step is saved, older steps lose theirs (see the module
+    doc). With `async_save` the arrays are copied to host memory and written in the
+    background; call `wait()` before relying on a save, and `close()` at the end.
     """
 
     def __init__(
@@ -72,25 +115,56 @@ class Checkpointer:
             cleanup_tmp_directories=cleanup_tmp,  # False: a reader leaves a writer's saves be
         )
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "meta")
+            self.directory, options=options, item_names=("state", "opt", "meta")
         )
+        self._writes = cleanup_tmp  # False: a reader, which must not drop anything either
 
     def save(
-        self, step: int, state: Any, meta: dict[str, Any] | None = None, force: bool = False
+        self,
+        step: int,
+        state: Any,
+        meta: dict[str, Any] | None = None,
+        force: bool = False,
+        final: bool = False,
     ) -> bool:
         """Save `state` and `meta` as `step` when `force` or `step % save_every == 0`.
 
         Returns whether a save was started (False as well when `step` is already saved).
+        `final`: the phase ends here; its optimizer state is not written.
         """
         if not (force or step % self.save_every == 0) or step in self._manager.all_steps():
             return False
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta or {}))
-        )
-        saved = self._manager.save(int(step), args=args, force=True)
+        if _OPT_KEY in (meta or {}):
+            raise ValueError(f"checkpoint meta may not use the key {_OPT_KEY!r}")
+        # The previous save has finished by now (saves are many steps apart), so older
+        # steps can give up their optimizer state before this one is written.
+        self.wait()
+        slim, opts = split_optimizer(state)
+        items = {"state": ocp.args.StandardSave(slim)}
+        if opts and not final:
+            items["opt"] = ocp.args.StandardSave(opts)
+        kept = "kept" if "opt" in items else "dropped"
+        items["meta"] = ocp.args.JsonSave({**dict(meta or {}), _OPT_KEY: kept})
+        saved = self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
         if saved:
             log.info("saving checkpoint at step %d in %s", step, self.directory)
         return saved
+
+    def _drop_stale_optimizer_states(self) -> None:
+        """Delete the `opt` item of every step but the newest (process 0; all wait)."""
+        steps = sorted(self._manager.all_steps())
+        if not self._writes or len(steps) < 2:
+            return
+        if jax.process_index() == 0:
+            for step in steps[:-1]:
+                item = os.path.join(self.directory, str(step), "opt")
+                if os.path.isdir(item):
+                    # A rename first: a crash mid-delete leaves no half `opt` to restore.
+                    gone = f"{item}.dropped"
+                    os.rename(item, gone)
+                    shutil.rmtree(gone, ignore_errors=True)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("jaxrl_reason_checkpoint_drop_opt")
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -112,7 +186,9 @@ class Checkpointer:
         for s in steps:
             try:
                 args = ocp.args.Composite(meta=ocp.args.JsonRestore())
-                return dict(self._manager.restore(s, args=args).meta or {})
+                meta = dict(self._manager.restore(s, args=args).meta or {})
+                meta.pop(_OPT_KEY, None)
+                return meta
             except Exception as e:  # noqa: BLE001 - any failure means "damaged"
                 errors.append(self._meta_error(s, e))
                 if step is None:
@@ -162,10 +238,9 @@ class Checkpointer:
         errors = []
         for s in steps:
             try:
-                args = ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-                )
-                restored = self._manager.restore(s, args=args)
+                state, meta = self._restore_step(s, target, abstract)
+            except NoOptimizerStateError:
+                raise  # the step is whole; the caller asked for what it does not hold
             except Exception as e:  # noqa: BLE001 - any failure means "damaged"
                 reason = f"{type(e).__name__}: {str(e)[:_MAX_REASON]}"
                 errors.append(f"step {s}: {_first_line(reason)}")
@@ -187,7 +262,7 @@ class Checkpointer:
                     self.directory,
                     len(errors),
                 )
-            return restored.state, dict(restored.meta or {})
+            return state, meta
         if read_only:
             raise CheckpointRestoreError(
                 f"step {steps[0]} in {self.directory} is damaged ({errors[0]}); re-run the "
@@ -200,6 +275,40 @@ class Checkpointer:
             "fresh workdir"
         )
 
+    def _restore_step(self, step: int, target: Any, abstract: Any) -> tuple[Any, dict[str, Any]]:
+        """(state, meta) of one step; raises whatever orbax raises for a damaged one."""
+        meta_args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+        meta = dict(self._manager.restore(step, args=meta_args).meta or {})
+        layout = meta.pop(_OPT_KEY, None)
+        if layout is None:  # written before the optimizer state was its own item
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            return self._manager.restore(step, args=args).state, meta
+        slim, opts = split_optimizer(abstract)
+        items = {"state": ocp.args.StandardRestore(slim)}
+        has_opt = os.path.isdir(os.path.join(self.directory, str(step), "opt"))
+        if opts and has_opt:
+            items["opt"] = ocp.args.StandardRestore(opts)
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        if not opts:
+            return restored.state, meta
+        if has_opt:
+            return join_optimizer(restored.state, list(restored.opt)), meta
+        fresh = split_optimizer(target)[1]
+        if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(fresh)):
+            raise NoOptimizerStateError(
+                f"step {step} in {self.directory} holds no optimizer state (only the "
+                "newest step of a phase that has not ended keeps it); restore it onto a "
+                "concrete state, whose optimizer state is then used"
+            )
+        if layout == "kept":  # an older step: its optimizer state went when a newer came
+            log.warning(
+                "step %d in %s holds no optimizer state (only the newest step keeps it); "
+                "resuming with the optimizer state started afresh",
+                step,
+                self.directory,
+            )
+        return join_optimizer(restored.state, fresh), meta
+
     def _quarantine(self, steps: list[int]) -> None:
         """Move damaged steps aside (kept for inspection) so the run can save them anew."""
         if jax.process_index() == 0:
@@ -210,11 +319,12 @@ class Checkpointer:
         self._manager.reload()
 
     def wait(self) -> None:
-        """Block until any background save has finished."""
+        """Block until any background save has finished (then drop stale optimizer state)."""
         self._manager.wait_until_finished()
+        self._drop_stale_optimizer_states()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.wait()
         self._manager.close()
 
     def __enter__(self) -> Checkpointer:

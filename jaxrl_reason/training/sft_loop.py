@@ -129,6 +129,13 @@ def train_sft(
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(state)
         start = int(meta["step"])
+        if meta.get("final") and start < num_steps:
+            log.warning(
+                "continuing a finished run (step %d) to %d steps: its optimizer state was "
+                "not kept, so it starts afresh",
+                start,
+                num_steps,
+            )
         data.restore(meta["data"])
         if meta.get("seed") != seed:
             log.warning("resuming a run started with seed %s under seed %s", meta.get("seed"), seed)
@@ -140,7 +147,8 @@ def train_sft(
     key = jax.random.key(seed)
 
     def meta_at(step: int, data_state: dict[str, Any]) -> dict[str, Any]:
-        return {"step": step, "data": data_state, "seed": seed, "phase": phase}
+        meta = {"step": step, "data": data_state, "seed": seed, "phase": phase}
+        return {**meta, "final": True} if step == num_steps else meta
 
     # Records past `start` (written after the checkpoint, before a crash) are redone.
     writer = MetricWriter(workdir, resume_step=start, phases=(phase, f"{phase}_eval"))
@@ -180,7 +188,8 @@ def train_sft(
                 if eval_fn is not None and done % eval_every == 0:
                     writer.write(done, eval_fn(state.params, done), f"{phase}_eval")
                 if done % checkpoint_every == 0 or done == num_steps:
-                    ckpt.save(done, state, meta_at(done, data_after), force=True)
+                    final = done == num_steps  # a finished phase needs no optimizer state
+                    ckpt.save(done, state, meta_at(done, data_after), force=True, final=final)
                 data_before = data_after
                 if done < num_steps and guard.should_stop:
                     ckpt.save(done, state, meta_at(done, data_after), force=True)

@@ -90,15 +90,61 @@ def test_damaged_newest_falls_back_with_a_warning(tmp_path, caplog):
     with Checkpointer(tmp_path) as ckpt, caplog.at_level(logging.WARNING):
         restored, meta = ckpt.restore(new)
         assert meta == {"s": 1}
-        _assert_equal(restored, old)
+        # Step 1 lost its optimizer state when step 2 was saved: the target's is used.
+        _assert_equal(restored, old.replace(opt_state=new.opt_state))
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert any("step 2" in w and "failed to restore" in w for w in warnings), warnings
+        assert any("step 1" in w and "no optimizer state" in w for w in warnings), warnings
         # The damaged step is moved aside, so the resumed run can save step 2 again.
         assert ckpt.all_steps() == [1]
         assert ckpt.save(2, new, {"s": 2}, force=True)
         ckpt.wait()
         _assert_equal(ckpt.restore(old)[0], new)
     assert os.path.isdir(os.path.join(tmp_path, "damaged_step_2"))
+
+
+def test_only_the_newest_step_keeps_optimizer_state_and_a_final_save_none(tmp_path):
+    states = [_state(s) for s in range(4)]
+    with Checkpointer(tmp_path, keep=3, async_save=True) as ckpt:
+        for step in (1, 2, 3):
+            ckpt.save(step, states[step], {"s": step})
+        ckpt.wait()
+        has_opt = [os.path.isdir(os.path.join(tmp_path, str(s), "opt")) for s in (1, 2, 3)]
+        assert has_opt == [False, False, True]
+        # The newest restores exactly, optimizer state included, onto another target.
+        _assert_equal(ckpt.restore(states[0])[0], states[3])
+        # An older step restores its params, step and meta; the optimizer is the target's.
+        older, meta = ckpt.restore(states[0], step=2)
+        _assert_equal(older, states[2].replace(opt_state=states[0].opt_state))
+        assert meta == {"s": 2}
+        with pytest.raises(ValueError, match="no optimizer state"):
+            ckpt.restore(jax.eval_shape(lambda: states[0]), step=2)
+        ckpt.save(4, states[1], {"s": 4}, final=True)
+        ckpt.wait()
+        assert not any(os.path.isdir(os.path.join(tmp_path, str(s), "opt")) for s in (2, 3, 4))
+        _assert_equal(ckpt.restore(states[0])[0], states[1].replace(opt_state=states[0].opt_state))
+        assert ckpt.meta() == {"s": 4}
+
+
+def test_checkpoints_without_a_train_state_and_of_the_old_layout_restore(tmp_path):
+    import orbax.checkpoint as ocp
+
+    params = _state(0).params
+    with Checkpointer(tmp_path / "p", async_save=False) as ckpt:
+        ckpt.save(1, params, {"a": 1})
+        ckpt.save(2, params, {"a": 2})
+        _assert_equal(ckpt.restore(params)[0], params)
+    # A step written before the optimizer state had its own item (state + meta only).
+    state = _state(2)
+    old = ocp.CheckpointManager(tmp_path / "old", item_names=("state", "meta"))
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({"b": 1}))
+    old.save(7, args=args)
+    old.wait_until_finished()
+    old.close()
+    with Checkpointer(tmp_path / "old") as ckpt:
+        restored, meta = ckpt.restore(_state(0))
+    _assert_equal(restored, state)
+    assert meta == {"b": 1}
 
 
 def test_no_restorable_checkpoint_raises(tmp_path):
