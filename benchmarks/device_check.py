@@ -1,0 +1,573 @@
+"""The one-command accelerator check (issue #18): MFU, sampler speed, memory, the demo path.
+
+Steps, in order, each recorded as ok / skipped (with the reason) / failed (with the error):
+`environment`; `train_<preset>` for each training config (`benchmarks.train_throughput`'s
+jitted bf16 step: compile time, tokens/s, MFU against the device's peak bf16 FLOP/s);
+`sampler` (our sampler on a GPU-sized W2 of `benchmarks.sampler`) and `transformers` (its
+`generate` on the same device and architecture, random weights); `demo` (SFT for a fixed
+number of steps, then one EI round, `jaxrl_reason.demo.run_demo`). Later training configs
+(the 3B) are time-budgeted: run only if the estimate from the first one fits what is left
+of `--budget-s`. After every step the JSON (`device_check.json`) is rewritten, so a crash
+leaves the steps so far and the one it died in; `device_check.md` is the same as tables.
+Peak memory is `jax.Device.memory_stats()["peak_bytes_in_use"]`, the process's peak so far
+after each step (XLA has no reset), and, per training config, the compiled step's own plan.
+
+    bash benchmarks/device_check.sh --out DIR             # what to run; it calls this
+    python -m benchmarks.device_check --out DIR --cpu-smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# JAX otherwise takes 75% of the GPU at start-up and torch (the `transformers` step) would
+# get the rest; set before jax is first imported.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+JSON_NAME, MD_NAME = "device_check.json", "device_check.md"
+
+# Dense bf16 peak FLOP/s (1e12), by a substring of `jax.Device.device_kind`; first match.
+PEAK_BF16_TFLOPS = (
+    ("H100", 989.0),  # SXM; a PCIe H100 is lower: pass --peak-tflops
+    ("H200", 989.0),
+    ("A100", 312.0),
+    ("TPU v4", 275.0),
+    ("TPU v5 lite", 197.0),  # v5e's device_kind
+    ("TPU v5e", 197.0),
+    ("TPU v5p", 459.0),
+    ("TPU v5", 459.0),  # v5p's device_kind
+)
+
+
+class Skipped(Exception):
+    """A step that cannot run here; its message is the recorded reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRun:
+    preset: str
+    batch: int
+    remat: bool
+    budgeted: bool  # run only if its estimated time fits the time left
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    train: tuple[TrainRun, ...]
+    seq_len: int
+    steps: int
+    warmup: int
+    sampler_preset: str
+    workload: dict[str, Any]  # `benchmarks.sampler.Workload` fields
+    repeats: int
+    demo_base: str  # a `jaxrl_reason.demo.SCALES` name, shrunk by `demo_scale`
+    sft_steps: int
+    ei_questions: int
+    eval_questions: int
+    budget_s: float
+
+
+GPU = Sizes(
+    # remat: without it the 1B step's activations (128k-vocab logits, attention
+    # probabilities) need ~113 GB at batch 8 by XLA's plan, ~56 GB with it at batch 16.
+    train=(TrainRun("llama3_2_1b", 16, True, False), TrainRun("llama3_2_3b", 8, True, True)),
+    seq_len=1024,
+    steps=10,
+    warmup=2,
+    sampler_preset="llama3_2_1b",
+    workload=dict(
+        name="W2 GPU", prompts=64, prompt_len=64, samples=16, new_tokens=512, temperature=0.7
+    ),
+    repeats=2,
+    demo_base="default",
+    sft_steps=20,
+    ei_questions=256,
+    eval_questions=64,
+    budget_s=450.0,
+)
+CPU_SMOKE = Sizes(
+    train=(TrainRun("tiny", 2, False, False), TrainRun("demo_smoke", 2, True, True)),
+    seq_len=64,
+    steps=2,
+    warmup=1,
+    sampler_preset="demo_smoke",
+    workload=dict(
+        name="W2 smoke", prompts=2, prompt_len=8, samples=2, new_tokens=8, temperature=0.7
+    ),
+    repeats=1,
+    demo_base="smoke",
+    sft_steps=2,
+    ei_questions=8,
+    eval_questions=8,
+    budget_s=600.0,
+)
+
+
+def peak_flops(device_kind: str, platform_name: str, override_tflops: float | None) -> dict:
+    """{"value": FLOP/s, "source": ...}, or {"value": None, "reason": ...}."""
+    if override_tflops:
+        return {"value": override_tflops * 1e12, "source": "--peak-tflops"}
+    if platform_name == "cpu":
+        return {"value": None, "reason": "CPU: no vendor bf16 peak; MFU is not reported"}
+    for key, tflops in PEAK_BF16_TFLOPS:
+        if key.lower() in device_kind.lower():
+            return {"value": tflops * 1e12, "source": f"table: {key} dense bf16"}
+    return {"value": None, "reason": f"{device_kind!r} is not in the table: pass --peak-tflops"}
+
+
+def parse_train(spec: str) -> tuple[TrainRun, ...]:
+    """ "preset:batch[:remat]" entries, comma-separated; every one after the first budgeted."""
+    runs = []
+    for i, entry in enumerate(s for s in spec.split(",") if s):
+        parts = entry.split(":")
+        if len(parts) not in (2, 3) or not parts[1].isdigit() or parts[2:] not in ([], ["remat"]):
+            raise SystemExit(f"--train entry {entry!r}: write preset:batch or preset:batch:remat")
+        runs.append(TrainRun(parts[0], int(parts[1]), parts[2:] == ["remat"], i > 0))
+    return tuple(runs)
+
+
+def memory_now() -> dict[str, Any]:
+    """The first device's peak bytes in use so far, or why there is none."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return {"peak_bytes_in_use": None, "reason": f"{jax.default_backend()}: no memory_stats"}
+    return {"peak_bytes_in_use": int(stats["peak_bytes_in_use"])}
+
+
+def environment(cpu_smoke: bool, override_tflops: float | None) -> dict[str, Any]:
+    import jax
+    import jaxlib
+
+    device = jax.devices()[0]
+    if not cpu_smoke and jax.default_backend() == "cpu":
+        raise RuntimeError(
+            "jax found no accelerator (backend cpu): install .[cuda] (--wheels DIR) or use a "
+            "venv with jax[cuda12] (--venv PATH); --cpu-smoke runs the tiny sizes on a CPU"
+        )
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "python": platform.python_version(),
+        "git_commit": commit or None,
+        "peak_flops": peak_flops(device.device_kind, device.platform, override_tflops),
+    }
+
+
+def train_check(run: TrainRun, sizes: Sizes, peak: dict) -> dict[str, Any]:
+    from benchmarks.train_throughput import measure_train_step
+    from jaxrl_reason.model import model_config
+
+    config = model_config(run.preset).replace(dtype="bfloat16", remat=run.remat)
+    result = measure_train_step(config, run.batch, sizes.seq_len, sizes.steps, sizes.warmup, 0)
+    out = dataclasses.asdict(run) | {
+        "params": config.num_params(),
+        "seq_len": sizes.seq_len,
+        "dtype": config.dtype,
+        "param_dtype": config.param_dtype,
+        **result,
+    }
+    if peak["value"]:
+        out["mfu"] = result["model_flops"] / peak["value"]
+    else:
+        out |= {"mfu": None, "mfu_reason": peak["reason"]}
+    return out
+
+
+def sampler_workload(sizes: Sizes) -> tuple[Any, Any, Any]:
+    """(workload, bf16 model config, prompts) that both sampler steps use."""
+    import numpy as np
+
+    from benchmarks.sampler import Workload
+    from jaxrl_reason.model import model_config
+
+    w = Workload(**sizes.workload)
+    model = model_config(sizes.sampler_preset, dtype="bfloat16", param_dtype="bfloat16")
+    prompts = np.random.default_rng(0).integers(1, model.vocab_size, (w.prompts, w.prompt_len))
+    return w, model, prompts
+
+
+def timed_sampling(name: str, build: Callable, sizes: Sizes, **kwargs: Any) -> dict[str, Any]:
+    from benchmarks.sampler import round_robin
+
+    w, model, prompts = sampler_workload(sizes)
+    run = build(w, prompts, sizes.repeats, model, **kwargs)
+    r = round_robin({name: run}, sizes.repeats)[name]
+    return {
+        "model": sizes.sampler_preset,
+        "workload": sizes.workload,
+        "generated_tokens": w.generated,
+        "first_call_s": r["first"],
+        "median_s": r["median"],
+        "compile_s": r["first"] - r["median"],
+        "tokens_per_s": w.generated / r["median"],
+    }
+
+
+def sampler_check(sizes: Sizes) -> dict[str, Any]:
+    from benchmarks.sampler import bench_ours
+
+    return timed_sampling("ours", bench_ours, sizes)
+
+
+def transformers_check(sizes: Sizes, cpu_smoke: bool, ours: dict | None) -> dict[str, Any]:
+    try:
+        import torch
+        import transformers
+    except Exception as e:  # noqa: BLE001 - any import failure means "not measured"
+        raise Skipped(f"torch/transformers not importable ({type(e).__name__}: {e})") from e
+    from benchmarks.sampler import bench_transformers
+
+    if cpu_smoke:
+        device = "cpu"
+    elif torch.cuda.is_available():
+        device = "cuda"
+    else:
+        raise Skipped(f"torch {torch.__version__} sees no CUDA device")
+    result = timed_sampling("transformers", bench_transformers, sizes, device=device)
+    result |= {"torch": torch.__version__, "transformers": transformers.__version__}
+    if device == "cuda":
+        result["torch_max_memory_allocated"] = torch.cuda.max_memory_allocated()
+        torch.cuda.empty_cache()  # give the memory back for the steps after this one
+    if ours and ours.get("status") == "ok":
+        result["ours_over_transformers"] = ours["result"]["tokens_per_s"] / result["tokens_per_s"]
+    return result
+
+
+def demo_scale(sizes: Sizes) -> Any:
+    """A demo scale of `sizes.sft_steps` SFT steps (one epoch) and one EI round."""
+    from jaxrl_reason.demo import SCALES
+
+    base = SCALES[sizes.demo_base]
+    batch = base.sft.batch_size
+    ei = dataclasses.replace(
+        base.ei,
+        num_rounds=1,
+        questions_per_round=sizes.ei_questions,
+        prompts_per_call=min(base.ei.prompts_per_call, sizes.ei_questions),
+    )
+    return dataclasses.replace(
+        base,
+        num_train=sizes.sft_steps * batch + sizes.ei_questions,
+        num_sft=sizes.sft_steps * batch,
+        num_eval=sizes.eval_questions,
+        num_val=sizes.eval_questions,
+        sft=dataclasses.replace(base.sft, num_epochs=1.0, evaluate_each_epoch=False),
+        ei=ei,
+        evaluation=dataclasses.replace(
+            base.evaluation,
+            prompts_per_call=min(base.evaluation.prompts_per_call, sizes.eval_questions),
+        ),
+    )
+
+
+def demo_check(sizes: Sizes) -> dict[str, Any]:
+    from jaxrl_reason.demo import run_demo
+    from jaxrl_reason.training.metrics_writer import read_metrics
+
+    scale = demo_scale(sizes)
+    workdir = Path(tempfile.mkdtemp(prefix="device_check_demo_"))  # its files stay out of --out
+    try:
+        rows = run_demo(workdir, ("sft", "ei"), scale=scale, show_progress=False)
+        sft = read_metrics(workdir / "sft", "sft")
+        ei = read_metrics(workdir / "ei", "ei")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if len(sft) != sizes.sft_steps or len(ei) != 1:
+        raise RuntimeError(
+            f"the demo ran {len(sft)} SFT steps and {len(ei)} EI rounds, "
+            f"not {sizes.sft_steps} and 1"
+        )
+    keep = ("method", "samples", "maj@1", "maj@K", "pass@K")
+    return {
+        "sft_steps": len(sft),
+        "sft_last_loss": sft[-1]["loss"],
+        "sft_median_tokens_per_s": sorted(r["tokens_per_s"] for r in sft)[len(sft) // 2],
+        "ei_round": {k: v for k, v in ei[0].items() if k not in ("phase", "time")},
+        "eval_questions": scale.num_eval,
+        "eval_samples": scale.evaluation.num_samples,
+        "rows": [{k: r[k] for k in keep} for r in rows],
+    }
+
+
+def record(path: Path, report: dict[str, Any]) -> None:
+    """Rewrite the JSON and the markdown (atomically: a reader never sees half a file)."""
+    for name, text in ((JSON_NAME, json.dumps(report, indent=2)), (MD_NAME, markdown(report))):
+        tmp = path / f".{name}.tmp"
+        tmp.write_text(text + "\n")
+        tmp.replace(path / name)
+
+
+def run_step(
+    report: dict[str, Any], out: Path, name: str, fn: Callable[[], dict], memory: bool = True
+) -> dict[str, Any]:
+    """Run `fn` as step `name`: its result, or the reason it skipped, or its error."""
+    entry: dict[str, Any] = {"status": "running"}
+    report["steps"][name] = entry
+    record(out, report)
+    start = time.perf_counter()
+    try:
+        entry |= {"status": "ok", "result": fn()}
+    except Skipped as e:
+        entry |= {"status": "skipped", "reason": str(e)}
+    except Exception as e:  # noqa: BLE001 - every failure is recorded, then the next step runs
+        entry |= {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        traceback.print_exc()
+    entry["seconds"] = time.perf_counter() - start
+    if memory and "environment" in report["steps"] and report["steps"]["environment"]["result"]:
+        try:
+            entry["memory"] = memory_now()
+        except Exception as e:  # noqa: BLE001
+            entry["memory"] = {"peak_bytes_in_use": None, "reason": f"{type(e).__name__}: {e}"}
+    print(f"device_check: {name}: {entry['status']} ({entry['seconds']:.1f} s)", flush=True)
+    record(out, report)
+    return entry
+
+
+def budget_skip(report: dict, run: TrainRun, first: dict | None, first_run: TrainRun) -> None:
+    """Raise `Skipped` unless `run`'s estimated time (the first config's, scaled by the
+    parameter count) fits the time left of the budget."""
+    from jaxrl_reason.model import model_config
+
+    if not first or first.get("status") != "ok":
+        raise Skipped(f"train_{first_run.preset} did not finish: no estimate of this one's time")
+    ratio = model_config(run.preset).num_params() / model_config(first_run.preset).num_params()
+    estimate = first["seconds"] * max(ratio, 1.0)
+    left = report["budget_s"] - (time.time() - report["started_at"])
+    if estimate > left:
+        raise Skipped(f"estimated {estimate:.0f} s, {max(left, 0):.0f} s left of --budget-s")
+
+
+def _gb(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e9:.2f}"
+
+
+def _note(entry: dict[str, Any]) -> str:
+    text = entry.get("reason") or entry.get("error") or ""
+    if entry.get("result") and "detail" in entry["result"]:  # the install step
+        text = entry["result"]["detail"]
+    return text.replace("|", "/").replace("\n", " ")[:200]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a header and tables (one per kind of step that ran)."""
+    steps = report["steps"]
+    env = steps.get("environment", {}).get("result") or {}
+    smoke = report.get("mode") == "cpu-smoke"
+    lines = [
+        f"# Device check ({report.get('mode', '?')}), {report.get('started', '?')}",
+        "",
+        f"{env.get('device_kind', '?')} x{env.get('device_count', '?')} "
+        f"({env.get('backend', '?')}), jax {env.get('jax', '?')}, commit "
+        f"{(env.get('git_commit') or '?')[:10]}; {report.get('wall_s', 0):.0f} s wall"
+        + (f", exit code {report['exit_code']}" if report.get("exit_code") else ""),
+    ]
+    if smoke:
+        lines += ["", "**CPU smoke: every size shrunk to prove the script runs; not performance.**"]
+    peak = env.get("peak_flops") or {}
+    if peak.get("value"):
+        lines += ["", f"MFU against {peak['value'] / 1e12:.0f} TFLOP/s ({peak['source']})."]
+    elif peak:
+        lines += ["", f"MFU not reported: {peak['reason']}."]
+    lines += [
+        "",
+        "| step | status | seconds | peak memory so far (GB) | note |",
+        "|---|---|---|---|---|",
+    ]
+    for name, e in steps.items():
+        peak_bytes = (e.get("memory") or {}).get("peak_bytes_in_use")
+        lines.append(
+            f"| {name} | {e['status']} | {e.get('seconds', 0):.1f} | {_gb(peak_bytes)} "
+            f"| {_note(e)} |"
+        )
+    train = [e["result"] for n, e in steps.items() if n.startswith("train_") and "result" in e]
+    if train:
+        lines += [
+            "",
+            "| config | params | batch x seq | remat | compile (s) | step (ms) | tokens/s "
+            "| model TFLOP/s | MFU | XLA's step plan (GB) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in train:
+            mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%}"
+            lines.append(
+                f"| {r['preset']} ({r['dtype']}, {r['param_dtype']} weights) "
+                f"| {r['params'] / 1e9:.3g}B | {r['batch']} x {r['seq_len']} | {r['remat']} "
+                f"| {r['compile_s']:.1f} | {r['step_s'] * 1e3:.0f} | {r['tokens_per_s']:,.0f} "
+                f"| {r['model_flops'] / 1e12:.3g} | {mfu} | {_gb(r.get('step_bytes'))} |"
+            )
+    sampling = {
+        n: steps[n]["result"] for n in ("sampler", "transformers") if "result" in steps.get(n, {})
+    }
+    if sampling:
+        w = next(iter(sampling.values()))["workload"]
+        lines += [
+            "",
+            f"{w['name']}: {w['prompts']} prompts x K={w['samples']}, {w['prompt_len']} prompt "
+            f"tokens, {w['new_tokens']} new tokens, temperature {w['temperature']}, "
+            f"{next(iter(sampling.values()))['model']} shape in bf16, random weights.",
+            "",
+            "| sampler | tokens/s | compile (s) | median call (s) |",
+            "|---|---|---|---|",
+        ]
+        for name, r in sampling.items():
+            label = "ours" if name == "sampler" else f"transformers {r['transformers']} generate"
+            lines.append(
+                f"| {label} | {r['tokens_per_s']:,.0f} | {r['compile_s']:.1f} "
+                f"| {r['median_s']:.2f} |"
+            )
+        if "ours_over_transformers" in sampling.get("transformers", {}):
+            lines += [
+                "",
+                f"ours / transformers: {sampling['transformers']['ours_over_transformers']:.2f}x",
+            ]
+    demo = steps.get("demo", {}).get("result")
+    if demo:
+        ei = demo["ei_round"]
+        lines += [
+            "",
+            f"Demo: {demo['sft_steps']} SFT steps (last loss {demo['sft_last_loss']:.3f}), one EI "
+            f"round ({ei.get('samples_drawn')} samples, {ei.get('new_solutions')} new solutions); "
+            f"{demo['eval_questions']} held-out questions, K={demo['eval_samples']}.",
+            "",
+            "| method | maj@1 | maj@K | pass@K | samples |",
+            "|---|---|---|---|---|",
+        ]
+        for r in demo["rows"]:
+            lines.append(
+                f"| {r['method']} | {r['maj@1']:.1%} | {r['maj@K']:.1%} | {r['pass@K']:.1%} "
+                f"| {r['samples']} |"
+            )
+    return "\n".join(lines)
+
+
+def finalize(out: Path, exit_code: int) -> None:
+    """After the check's process died (time limit, a crash): mark the step it was in as
+    failed and rewrite both files; write a report saying so if it wrote none."""
+    path = out / JSON_NAME
+    report = json.loads(path.read_text()) if path.exists() else {"mode": "?", "steps": {}}
+    reason = {124: "the time limit (--time-limit-s) ended it", 137: "it was killed (SIGKILL)"}
+    cause = reason.get(exit_code, "a crash")
+    why = f"the process ended in this step (exit code {exit_code}: {cause})"
+    for entry in report["steps"].values():
+        if entry["status"] == "running":
+            entry |= {"status": "failed", "error": why}
+    if not report["steps"]:
+        report["steps"]["device_check"] = {"status": "failed", "error": why}
+    report["exit_code"] = exit_code
+    if "started_at" in report:
+        report["wall_s"] = time.time() - report["started_at"]
+    record(out, report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="directory for device_check.json/.md")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes: proves it runs")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak")
+    parser.add_argument("--train", help="preset:batch[:remat],... (the first one unbudgeted)")
+    parser.add_argument("--skip", default="", help="steps to skip: train,sampler,transformers,demo")
+    parser.add_argument("--budget-s", type=float, help="budgeted steps run only within this")
+    parser.add_argument("--started-at", type=float, help="epoch seconds the budget counts from")
+    parser.add_argument("--install-status", default="none", choices=("ok", "failed", "none"))
+    parser.add_argument("--install-detail", default="")
+    parser.add_argument("--install-seconds", type=float, default=0.0)
+    parser.add_argument("--finalize", action="store_true", help="after a crash: see finalize()")
+    parser.add_argument("--exit-code", type=int, default=1)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.finalize:
+        finalize(out, args.exit_code)
+        return 0
+    sizes = CPU_SMOKE if args.cpu_smoke else GPU
+    if args.train:
+        sizes = dataclasses.replace(sizes, train=parse_train(args.train))
+    skip = {s for s in args.skip.split(",") if s}
+    if skip - {"train", "sampler", "transformers", "demo"}:
+        raise SystemExit(f"--skip {args.skip!r}: name some of train,sampler,transformers,demo")
+    started_at = args.started_at or time.time()
+    report: dict[str, Any] = {
+        "schema": 1,
+        "mode": "cpu-smoke" if args.cpu_smoke else "accelerator",
+        "command": [sys.executable, "-m", "benchmarks.device_check", *(argv or sys.argv[1:])],
+        "started": datetime.datetime.fromtimestamp(started_at, datetime.UTC).isoformat(
+            timespec="seconds"
+        ),
+        "started_at": started_at,
+        "budget_s": args.budget_s or sizes.budget_s,
+        "sizes": dataclasses.asdict(sizes),
+        "steps": {},
+    }
+    install = {"status": args.install_status, "detail": args.install_detail}
+
+    def installed() -> dict[str, Any]:
+        if install["status"] == "failed":
+            raise RuntimeError(install["detail"] or "the install failed: see install.log")
+        if install["status"] == "none":
+            raise Skipped(install["detail"] or "no install asked for: the interpreter as it is")
+        return {"detail": install["detail"]}
+
+    run_step(report, out, "install", installed, memory=False)
+    report["steps"]["install"]["seconds"] = args.install_seconds
+    blocked = "install failed" if report["steps"]["install"]["status"] == "failed" else None
+    if not blocked:
+        env = run_step(
+            report, out, "environment", lambda: environment(args.cpu_smoke, args.peak_tflops), False
+        )
+        blocked = None if env["status"] == "ok" else "the environment step failed"
+
+    def step(name: str, kind: str, fn: Callable[[], dict]) -> dict[str, Any]:
+        def guarded() -> dict:
+            if blocked:
+                raise Skipped(blocked)
+            if kind in skip:
+                raise Skipped(f"--skip {kind}")
+            return fn()
+
+        return run_step(report, out, name, guarded, memory=not blocked)
+
+    peak = {} if blocked else report["steps"]["environment"]["result"]["peak_flops"]
+    first_run, *budgeted = sizes.train
+    first = step(f"train_{first_run.preset}", "train", lambda: train_check(first_run, sizes, peak))
+    ours = step("sampler", "sampler", lambda: sampler_check(sizes))
+    step("transformers", "transformers", lambda: transformers_check(sizes, args.cpu_smoke, ours))
+    step("demo", "demo", lambda: demo_check(sizes))
+    for run in budgeted:
+
+        def train_budgeted(run: TrainRun = run) -> dict[str, Any]:
+            budget_skip(report, run, first, first_run)
+            return train_check(run, sizes, peak)
+
+        step(f"train_{run.preset}", "train", train_budgeted)
+    failed = [n for n, e in report["steps"].items() if e["status"] == "failed"]
+    report |= {"wall_s": time.time() - started_at, "failed_steps": failed}
+    record(out, report)
+    print((out / MD_NAME).read_text(), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
