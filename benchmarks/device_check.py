@@ -1,13 +1,15 @@
 """The one-command accelerator check (issue #18): MFU, sampler speed, memory, the demo path.
 
 Steps, in order, each recorded as ok / skipped (with the reason) / failed (with the error):
-`environment`; `train_<preset>` for each training config (`benchmarks.train_throughput`'s
-jitted bf16 step: compile time, tokens/s, MFU against the device's peak bf16 FLOP/s);
-`sampler` (our sampler on a GPU-sized W2 of `benchmarks.sampler`) and `transformers` (its
-`generate` on the same device and architecture, random weights); `demo` (SFT for a fixed
-number of steps, then one EI round, `jaxrl_reason.demo.run_demo`). Later training configs
-(the 3B) are time-budgeted: run only if the estimate from the first one fits what is left
-of `--budget-s`. After every step the JSON (`device_check.json`) is rewritten, so a crash
+`install` (what the shell script did), `environment`; `transformers` (`transformers`
+generate on a GPU-sized W2 of `benchmarks.sampler`, random weights, in a child process
+that has the GPU to itself); `train_<preset>` (`benchmarks.train_throughput`'s jitted bf16
+step of the first training config: compile time, tokens/s, MFU against the device's peak
+bf16 FLOP/s); `sampler` (ours on the same workload and architecture); `demo` (a fixed
+number of SFT steps, then one EI round, `jaxrl_reason.demo.run_demo`); then the other
+training configs (the 3B), time-budgeted: each runs only if its estimate (the first one's
+time, scaled by the parameter count) fits what is left of `--budget-s`.
+After every step the JSON (`device_check.json`) is rewritten, so a crash
 leaves the steps so far and the one it died in; `device_check.md` is the same as tables.
 Peak memory is `jax.Device.memory_stats()["peak_bytes_in_use"]`, the process's peak so far
 after each step (XLA has no reset), and, per training config, the compiled step's own plan.
@@ -226,13 +228,19 @@ def timed_sampling(name: str, build: Callable, sizes: Sizes, **kwargs: Any) -> d
     }
 
 
-def sampler_check(sizes: Sizes) -> dict[str, Any]:
+def sampler_check(sizes: Sizes, transformers: dict) -> dict[str, Any]:
     from benchmarks.sampler import bench_ours
 
-    return timed_sampling("ours", bench_ours, sizes)
+    result = timed_sampling("ours", bench_ours, sizes)
+    if transformers.get("status") == "ok":
+        result["ours_over_transformers"] = (
+            result["tokens_per_s"] / transformers["result"]["tokens_per_s"]
+        )
+    return result
 
 
-def transformers_check(sizes: Sizes, cpu_smoke: bool, ours: dict | None) -> dict[str, Any]:
+def transformers_measure(sizes: Sizes, cpu_smoke: bool) -> dict[str, Any]:
+    """`transformers` generate on the workload: on the CPU for the smoke run, else on CUDA."""
     try:
         import torch
         import transformers
@@ -250,10 +258,36 @@ def transformers_check(sizes: Sizes, cpu_smoke: bool, ours: dict | None) -> dict
     result |= {"torch": torch.__version__, "transformers": transformers.__version__}
     if device == "cuda":
         result["torch_max_memory_allocated"] = torch.cuda.max_memory_allocated()
-        torch.cuda.empty_cache()  # give the memory back for the steps after this one
-    if ours and ours.get("status") == "ok":
-        result["ours_over_transformers"] = ours["result"]["tokens_per_s"] / result["tokens_per_s"]
     return result
+
+
+def transformers_check(sizes: Sizes, cpu_smoke: bool, out: Path, timeout_s: float) -> dict:
+    """`transformers_measure` in a child process, run before this one uses the GPU: torch
+    then has the whole GPU, gives it all back when it exits, and cannot crash this one."""
+    result_file = out / ".transformers_child.json"
+    result_file.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "benchmarks.device_check", "--out", str(out)]
+    cmd += ["--transformers-child", str(result_file)] + (["--cpu-smoke"] if cpu_smoke else [])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout_s, 30))
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"transformers generate took over {max(timeout_s, 30):.0f} s") from e
+    if proc.returncode or not result_file.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"child exited with {proc.returncode}: {' / '.join(tail)}")
+    child = json.loads(result_file.read_text())
+    result_file.unlink()
+    if "skipped" in child:
+        raise Skipped(child["skipped"])
+    return child
+
+
+def transformers_child(sizes: Sizes, cpu_smoke: bool, result_file: Path) -> None:
+    try:
+        result = transformers_measure(sizes, cpu_smoke)
+    except Skipped as e:
+        result = {"skipped": str(e)}
+    result_file.write_text(json.dumps(result))
 
 
 def demo_scale(sizes: Sizes) -> Any:
@@ -262,11 +296,11 @@ def demo_scale(sizes: Sizes) -> Any:
 
     base = SCALES[sizes.demo_base]
     batch = base.sft.batch_size
-    ei = dataclasses.replace(
+    ei = dataclasses.replace(  # one sampling call: one set of programs compiled
         base.ei,
         num_rounds=1,
         questions_per_round=sizes.ei_questions,
-        prompts_per_call=min(base.ei.prompts_per_call, sizes.ei_questions),
+        prompts_per_call=sizes.ei_questions,
     )
     return dataclasses.replace(
         base,
@@ -276,10 +310,7 @@ def demo_scale(sizes: Sizes) -> Any:
         num_val=sizes.eval_questions,
         sft=dataclasses.replace(base.sft, num_epochs=1.0, evaluate_each_epoch=False),
         ei=ei,
-        evaluation=dataclasses.replace(
-            base.evaluation,
-            prompts_per_call=min(base.evaluation.prompts_per_call, sizes.eval_questions),
-        ),
+        evaluation=dataclasses.replace(base.evaluation, prompts_per_call=sizes.eval_questions),
     )
 
 
@@ -438,10 +469,10 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {label} | {r['tokens_per_s']:,.0f} | {r['compile_s']:.1f} "
                 f"| {r['median_s']:.2f} |"
             )
-        if "ours_over_transformers" in sampling.get("transformers", {}):
+        if "ours_over_transformers" in sampling.get("sampler", {}):
             lines += [
                 "",
-                f"ours / transformers: {sampling['transformers']['ours_over_transformers']:.2f}x",
+                f"ours / transformers: {sampling['sampler']['ours_over_transformers']:.2f}x",
             ]
     demo = steps.get("demo", {}).get("result")
     if demo:
@@ -496,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--install-seconds", type=float, default=0.0)
     parser.add_argument("--finalize", action="store_true", help="after a crash: see finalize()")
     parser.add_argument("--exit-code", type=int, default=1)
+    parser.add_argument("--transformers-child", help=argparse.SUPPRESS)  # a result file
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -503,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
         finalize(out, args.exit_code)
         return 0
     sizes = CPU_SMOKE if args.cpu_smoke else GPU
+    if args.transformers_child:
+        transformers_child(sizes, args.cpu_smoke, Path(args.transformers_child))
+        return 0
     if args.train:
         sizes = dataclasses.replace(sizes, train=parse_train(args.train))
     skip = {s for s in args.skip.split(",") if s}
@@ -551,9 +586,14 @@ def main(argv: list[str] | None = None) -> int:
 
     peak = {} if blocked else report["steps"]["environment"]["result"]["peak_flops"]
     first_run, *budgeted = sizes.train
+    left = lambda: report["budget_s"] - (time.time() - started_at)
+    hf = step(
+        "transformers",
+        "transformers",
+        lambda: transformers_check(sizes, args.cpu_smoke, out, left()),
+    )
     first = step(f"train_{first_run.preset}", "train", lambda: train_check(first_run, sizes, peak))
-    ours = step("sampler", "sampler", lambda: sampler_check(sizes))
-    step("transformers", "transformers", lambda: transformers_check(sizes, args.cpu_smoke, ours))
+    step("sampler", "sampler", lambda: sampler_check(sizes, hf))
     step("demo", "demo", lambda: demo_check(sizes))
     for run in budgeted:
 

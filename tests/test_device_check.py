@@ -118,7 +118,7 @@ def test_script_writes_json_and_markdown(tmp_path):
     env = steps["environment"]["result"]
     assert env["backend"] == "cpu" and env["jax"] and env["device_count"] == 1
     assert env["peak_flops"]["value"] is None and "CPU" in env["peak_flops"]["reason"]
-    names = ["train_tiny", "sampler", "transformers", "demo", "train_demo_smoke"]
+    names = ["transformers", "train_tiny", "sampler", "demo", "train_demo_smoke"]
     assert [n for n in steps if n not in ("install", "environment")] == names
     assert all(steps[n]["status"] == "skipped" for n in names)
     assert report["mode"] == "cpu-smoke" and report["failed_steps"] == []
@@ -147,9 +147,9 @@ def test_cpu_smoke_runs_every_step(tmp_path):
     assert {n: e["status"] for n, e in steps.items()} == {
         "install": "skipped",
         "environment": "ok",
+        "transformers": "ok",
         "train_tiny": "ok",
         "sampler": "ok",
-        "transformers": "ok",
         "demo": "ok",
         "train_demo_smoke": "ok",
     }
@@ -160,7 +160,9 @@ def test_cpu_smoke_runs_every_step(tmp_path):
         assert r["mfu"] is None and "CPU" in r["mfu_reason"]
     ours, hf = steps["sampler"]["result"], steps["transformers"]["result"]
     assert ours["generated_tokens"] == 2 * 2 * 8 and ours["tokens_per_s"] > 0
-    assert hf["ours_over_transformers"] == pytest.approx(ours["tokens_per_s"] / hf["tokens_per_s"])
+    assert ours["ours_over_transformers"] == pytest.approx(
+        ours["tokens_per_s"] / hf["tokens_per_s"]
+    )
     demo = steps["demo"]["result"]
     assert demo["sft_steps"] == 2 and demo["ei_round"]["samples_drawn"] == 8 * 2
     assert [r["method"] for r in demo["rows"]] == ["SFT", "EI"]
