@@ -395,6 +395,10 @@ def _gb(n: float | None) -> str:
     return "-" if n is None else f"{n / 1e9:.2f}"
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.3g}M"
+
+
 def _note(entry: dict[str, Any]) -> str:
     text = entry.get("reason") or entry.get("error") or ""
     if entry.get("result") and "detail" in entry["result"]:  # the install step
@@ -445,7 +449,7 @@ def markdown(report: dict[str, Any]) -> str:
             mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%}"
             lines.append(
                 f"| {r['preset']} ({r['dtype']}, {r['param_dtype']} weights) "
-                f"| {r['params'] / 1e9:.3g}B | {r['batch']} x {r['seq_len']} | {r['remat']} "
+                f"| {_count(r['params'])} | {r['batch']} x {r['seq_len']} | {r['remat']} "
                 f"| {r['compile_s']:.1f} | {r['step_s'] * 1e3:.0f} | {r['tokens_per_s']:,.0f} "
                 f"| {r['model_flops'] / 1e12:.3g} | {mfu} | {_gb(r.get('step_bytes'))} |"
             )
