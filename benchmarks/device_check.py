@@ -345,7 +345,9 @@ def demo_check(sizes: Sizes) -> dict[str, Any]:
 
 def record(path: Path, report: dict[str, Any]) -> None:
     """Rewrite the JSON and the markdown (atomically: a reader never sees half a file)."""
-    for name, text in ((JSON_NAME, json.dumps(report, indent=2)), (MD_NAME, markdown(report))):
+    plain = lambda x: x.item() if hasattr(x, "item") else str(x)  # numpy scalars and such
+    data = json.dumps(report, indent=2, default=plain)
+    for name, text in ((JSON_NAME, data), (MD_NAME, markdown(report))):
         tmp = path / f".{name}.tmp"
         tmp.write_text(text + "\n")
         tmp.replace(path / name)
