@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import device_check as dc
+from benchmarks.device_report import JSON_NAME, MD_NAME, finalize, record
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "device_check.sh"
@@ -35,8 +36,8 @@ def run_script(*args: str, timeout: int = 120) -> tuple[subprocess.CompletedProc
         timeout=timeout,
     )
     out = Path(args[args.index("--out") + 1])
-    report = json.loads((out / dc.JSON_NAME).read_text())
-    return proc, report, (out / dc.MD_NAME).read_text()
+    report = json.loads((out / JSON_NAME).read_text())
+    return proc, report, (out / MD_NAME).read_text()
 
 
 def test_peak_flops_table_and_override():
@@ -67,7 +68,7 @@ def test_every_step_recorded_and_json_written_after_a_failure(tmp_path):
     report = {"mode": "cpu-smoke", "started_at": 0.0, "steps": {}}
 
     def seen_by_reader() -> dict:
-        return json.loads((tmp_path / dc.JSON_NAME).read_text())["steps"]
+        return json.loads((tmp_path / JSON_NAME).read_text())["steps"]
 
     def fails() -> dict:
         assert seen_by_reader()["broken"]["status"] == "running"  # on disk before it runs
@@ -87,12 +88,12 @@ def test_every_step_recorded_and_json_written_after_a_failure(tmp_path):
         "seconds": pytest.approx(0, abs=1),
     }
     assert steps["fine"]["status"] == "ok" and steps["fine"]["result"] == {"x": 1}
-    assert "| broken | failed |" in (tmp_path / dc.MD_NAME).read_text()
+    assert "| broken | failed |" in (tmp_path / MD_NAME).read_text()
 
     # A process that dies mid-step leaves it "running"; the script's finalize pass fails it.
     report["steps"]["killed"] = {"status": "running"}
-    dc.record(tmp_path, report)
-    dc.finalize(tmp_path, 124)
+    record(tmp_path, report)
+    finalize(tmp_path, 124)
     steps = seen_by_reader()
     assert steps["killed"]["status"] == "failed" and "time limit" in steps["killed"]["error"]
     assert steps["fine"]["status"] == "ok"
