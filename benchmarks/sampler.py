@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxrl_reason.model import PRESETS, ModelConfig, init_params  # noqa: E402
+from jaxrl_reason.model.hf_interop import config_to_hf  # noqa: E402
 from jaxrl_reason.sampling import Sampler, SamplingConfig  # noqa: E402
 
 MODEL = ModelConfig(
@@ -83,9 +84,13 @@ def round_robin(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, 
     return {name: {"first": first[name], "median": statistics.median(times[name])} for name in runs}
 
 
-def bench_ours(w: Workload, prompts: np.ndarray, repeats: int) -> Callable[[], None]:
-    params = init_params(MODEL, jax.random.key(0))
-    sampler = Sampler(MODEL, pad_id=0)
+def bench_ours(
+    w: Workload, prompts: np.ndarray, repeats: int, model: ModelConfig | None = None
+) -> Callable[[], None]:
+    """Our `Sampler` over random weights of `model` (default: `MODEL`)."""
+    model = model or MODEL
+    params = init_params(model, jax.random.key(0))
+    sampler = Sampler(model, pad_id=0)
     cfg = SamplingConfig(
         num_samples=w.samples, max_new_tokens=w.new_tokens, temperature=w.temperature, eos_ids=()
     )
@@ -98,27 +103,29 @@ def bench_ours(w: Workload, prompts: np.ndarray, repeats: int) -> Callable[[], N
     return run
 
 
-def bench_transformers(w: Workload, prompts: np.ndarray, repeats: int) -> Callable[[], None]:
+def bench_transformers(
+    w: Workload,
+    prompts: np.ndarray,
+    repeats: int,
+    model: ModelConfig | None = None,
+    device: str = "cpu",
+) -> Callable[[], None]:
+    """`transformers` generate over random weights of the same architecture as `model`
+    (default: `MODEL`; its HF config from `config_to_hf`), in its weight dtype, on the
+    torch `device` ("cpu": 2 threads, or "cuda")."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    torch.set_num_threads(2)
+    model = model or MODEL
+    if device == "cpu":
+        torch.set_num_threads(2)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=MODEL.vocab_size,
-        hidden_size=MODEL.d_model,
-        intermediate_size=MODEL.mlp_dim,
-        num_hidden_layers=MODEL.num_layers,
-        num_attention_heads=MODEL.num_heads,
-        num_key_value_heads=MODEL.num_kv_heads,
-        head_dim=MODEL.head_dim,
-        max_position_embeddings=MODEL.max_seq_len,
-        rms_norm_eps=MODEL.norm_eps,
-        rope_theta=MODEL.rope_theta,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
-    ids = torch.as_tensor(prompts, dtype=torch.long)
+    hf = config_to_hf(model, dtype=model.param_dtype)
+    config = AutoConfig.for_model(hf.pop("model_type"), **hf)
+    with torch.device(device):  # initialised where it runs: a 1B model in seconds
+        net = AutoModelForCausalLM.from_config(config).to(getattr(torch, model.param_dtype))
+    net.eval()
+    ids = torch.as_tensor(prompts, dtype=torch.long, device=device)
     sampling = dict(do_sample=True, temperature=w.temperature, top_k=0, top_p=1.0)
     kwargs = dict(
         max_new_tokens=w.new_tokens,
@@ -131,7 +138,8 @@ def bench_transformers(w: Workload, prompts: np.ndarray, repeats: int) -> Callab
 
     def run() -> None:
         with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+            out = net.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        out = out.cpu()  # waits for the device
         assert out.shape == (w.prompts * w.samples, w.prompt_len + w.new_tokens)
 
     return run

@@ -98,6 +98,7 @@ def measure_train_step(
             matmul_cpu_rates.append(
                 measure_matmul_flops(jnp.float32, matmul_n, 1, warmup=0, clock=time.process_time)
             )
+    plan = step.memory_analysis()  # XLA's own accounting of the compiled step, if it has one
     if not np.isfinite(float(loss)):
         raise RuntimeError(f"non-finite loss {float(loss)} while benchmarking {config}")
     flops = config.flops_per_token(seq_len) * batch * seq_len
@@ -109,6 +110,8 @@ def measure_train_step(
         "model_flops": flops / median(step_s),
         "loss": float(loss),
     }
+    if plan is not None:  # arguments (the donated state, updated in place) + temporaries
+        result["step_bytes"] = plan.argument_size_in_bytes + plan.temp_size_in_bytes
     if matmul_n:
         result["matmul_flops"] = median(matmul_rates)
         result["mfu"] = median(flops / t / r for t, r in zip(step_s, matmul_rates))
