@@ -77,14 +77,17 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], k: int, baseline: str | No
     (when `compare_to_baseline` added them) each method's paired maj@1 and pass@K
     differences to `baseline`, in points with paired 95% CIs."""
     key = f"vs_{baseline}"
+    # k = 0 (greedy only): no sampled columns, rather than maj@0 ... full of dashes.
+    columns = [c for c in TABLE_COLUMNS if k > 0 or "K" not in c]
     paired = [m for m in ("maj@1", "pass@K") if any(m in r.get(key, {}) for r in rows)]
+    paired = [m for m in paired if m in columns]
     header = ["method"] + [
-        c.replace("K", str(k)) if c != "samples" else "samples drawn" for c in TABLE_COLUMNS
+        c.replace("K", str(k)) if c != "samples" else "samples drawn" for c in columns
     ]
     header += [f"Δ{m.replace('K', str(k))} vs {baseline} (paired)" for m in paired]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["method"], *(_cell(row, c) for c in TABLE_COLUMNS)]
+        cells = [row["method"], *(_cell(row, c) for c in columns)]
         cells += [_paired_cell(row, key, m) for m in paired]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -92,6 +95,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], k: int, baseline: str | No
 
 def table_note(k: int) -> str:
     """What a table's columns measure: printed under every results table."""
+    if k == 0:
+        return "maj@1 is one greedy decode per question. [a, b]: 95% bootstrap interval."
     return (
         f"maj@1 is one greedy decode per question; maj@{k}, rerank@{k} and pass@{k} come "
         f"from {k} sampled solutions per question. [a, b]: 95% bootstrap interval."

@@ -53,3 +53,15 @@ def test_table_shows_the_paired_columns():
     assert "Δmaj@1 vs SFT (paired)" in header and "Δpass@8 vs SFT (paired)" in header
     assert sft_line.endswith("| - | - |")
     assert "| +25.0 [" in ei_line and "| -25.0 [" in ei_line
+
+
+def test_a_greedy_only_table_has_no_sampled_columns():
+    from jaxrl_reason.evaluation.report import table_note
+
+    rows = compare_to_baseline(
+        [_row("SFT", [1, 0, 0, 1], [1, 1, 0, 1]), _row("EI", [1, 1, 0, 1], [1, 1, 0, 0])]
+    )
+    header, _, _, ei_line = markdown_table(rows, 0).splitlines()
+    assert header == "| method | maj@1 | samples drawn | Δmaj@1 vs SFT (paired) |"
+    assert ei_line.count("|") == header.count("|") and "| +25.0 [" in ei_line
+    assert "@0" not in table_note(0) and "greedy" in table_note(0)
