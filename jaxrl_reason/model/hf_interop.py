@@ -715,9 +715,22 @@ save_hf_llama = save_hf  # the name from when only Llama was written
 # ----------------------------------------------------------------------------- CLI
 
 
+# A HF directory's tokenizer, copied by `import-hf` so that DST is a run's init_checkpoint
+# and tokenizer at once (as a GGUF import is).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+)
+
+
 def import_hf_to_checkpoint(src: PathLike, dst: PathLike, dtype: str | None = None) -> None:
     """`jaxrl-reason import-hf SRC DST`: HF model dir -> `DST/params` (the params as
-    `training.checkpointing.save_params` writes them) + `DST/model_config.json`."""
+    `training.checkpointing.save_params` writes them) + `DST/model_config.json`, and the
+    tokenizer files SRC has (`TOKENIZER_FILES`)."""
     from jaxrl_reason.training.checkpointing import save_params
 
     dst = pathlib.Path(dst).absolute()
@@ -727,6 +740,9 @@ def import_hf_to_checkpoint(src: PathLike, dst: PathLike, dtype: str | None = No
     with _atomic_dir(dst) as tmp:
         save_params(tmp / "params", params, {"imported_from": str(src)})
         (tmp / "model_config.json").write_text(model_config_to_json(config))
+        for name in TOKENIZER_FILES:
+            if (pathlib.Path(src) / name).is_file():
+                shutil.copyfile(pathlib.Path(src) / name, tmp / name)
 
 
 def load_checkpoint(src: PathLike, mesh: Any = None) -> tuple[ModelConfig, dict[str, Any]]:

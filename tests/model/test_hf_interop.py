@@ -336,6 +336,23 @@ def test_cli_import_export_round_trip(hf_dirs, tmp_path):
         hf_interop.export_checkpoint_to_hf(tmp_path / "ckpt", tmp_path / "hf")
 
 
+def test_import_copies_the_tokenizer_files_the_hf_directory_has(hf_dirs, tmp_path):
+    import shutil
+
+    _, path = hf_dirs["gqa"]
+    src = tmp_path / "src"
+    shutil.copytree(path, src)
+    files = {"tokenizer.json": b'{"a": 1}', "tokenizer_config.json": b'{"eos_token": "x"}'}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    hf_interop.import_hf_to_checkpoint(src, tmp_path / "ckpt")
+    for name, data in files.items():
+        assert (tmp_path / "ckpt" / name).read_bytes() == data
+    generation = (src / "generation_config.json").read_bytes()  # save_pretrained wrote it
+    assert (tmp_path / "ckpt" / "generation_config.json").read_bytes() == generation
+    assert not (tmp_path / "ckpt" / "tokenizer.model").exists()  # src has none
+
+
 def test_config_conversions_round_trip():
     config = ModelConfig(
         vocab_size=100,
