@@ -403,7 +403,13 @@ def _join_job(args: argparse.Namespace) -> None:
     from jaxrl_reason.parallel import join_job
 
     if hasattr(args, "init_timeout"):
-        join_job(args.coordinator_address, args.num_processes, args.process_id, args.init_timeout)
+        join_job(
+            args.coordinator_address,
+            args.num_processes,
+            args.process_id,
+            args.init_timeout,
+            what=f"jaxrl-reason {args.command}",
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

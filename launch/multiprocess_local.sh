@@ -6,8 +6,8 @@
 #   e.g. launch/multiprocess_local.sh 2 configs/experiments/demo.gin /tmp/demo2
 #
 # Process i runs `jaxrl-reason train CONFIG --workdir WORKDIR` with JAX_COORDINATOR_ADDRESS,
-# JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i; its output goes to LOGS/process_i.log and its
-# pid to LOGS/process_i.pid. The script exits with the first failing process's status
+# JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i; its output goes to LOGS/process_i.log, its
+# pid to LOGS/process_i.pid and its exit status to LOGS/process_i.status. The script exits with the first failing process's status
 # (143: stopped by SIGTERM after saving; re-running the same command resumes).
 # Settings (environment): DEVICES_PER_PROCESS (simulated CPU devices each, default 4; 0:
 # the platform's own devices, e.g. one GPU each with CUDA_VISIBLE_DEVICES set per
@@ -62,7 +62,10 @@ trap 'kill "${PIDS[@]}" 2>/dev/null || true' INT
 STATUS=0
 for ((left = N; left > 0; left--)); do
   code=0
-  wait -n || code=$? # the next of them to end (they are this shell's only jobs)
+  wait -n -p DONE || code=$? # the next of them to end (they are this shell's only jobs)
+  for ((i = 0; i < N; i++)); do
+    [[ ${PIDS[i]} == "$DONE" ]] && echo "$code" >"$LOGS/process_$i.status"
+  done
   if ((code != 0 && STATUS == 0)); then
     STATUS=$code
     if ((code != 143)); then # an error, not a preemption: the others cannot finish

@@ -14,6 +14,8 @@ import functools
 import logging
 import os
 import secrets
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,16 +57,18 @@ def join_job(
     num_processes: int | None = None,
     process_id: int | None = None,
     timeout_s: int = DEFAULT_TIMEOUT_S,
+    what: str = "jaxrl-reason",
 ) -> bool:
     """Join the multi-controller job this process is one of; False (nothing done) when it
     runs alone.
 
     Each argument left None is read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
     JAX_PROCESS_ID; given, all three are needed (a job of one process is joined too: its
-    collectives then run as a larger job's do). With none of them set, a TPU pod or a Slurm job of several tasks is
-    joined with `jax.distributed.initialize()`, which finds its peers itself; otherwise the
-    process runs alone, as a single-process program always has. A job that does not
-    assemble within `timeout_s` seconds is an error naming the coordinator.
+    collectives then run as a larger job's do). With none of them set, a TPU pod or a
+    Slurm job of several tasks is joined with `jax.distributed.initialize()`, which finds
+    its peers itself; otherwise the process runs alone, as a single process always has.
+    A job that does not assemble within `timeout_s` seconds ends the process (exit
+    status 2) with one line, `WHAT: error: ...`, naming the coordinator.
     """
     if jax.distributed.is_initialized():
         return True
@@ -83,16 +87,24 @@ def join_job(
     # Collectives between the processes' CPU devices (tests, CPU clusters) need gloo; set
     # before any backend starts, it changes nothing on GPUs and TPUs.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    who = "this process" if i is None else f"process {i} of {n}"
+    message = (
+        f"{who} could not join {where} within {timeout_s} s: start every process of the "
+        "job (process 0 hosts the coordinator), check the address and port, or wait "
+        "longer with --init_timeout"
+    )
+    # jax ends the process from C++ (an abort, no Python error) when its deadline passes:
+    # our own, earlier, says what happened and exits with the status of a usage error.
+    watchdog = threading.Timer(timeout_s, _give_up, (f"{what}: error: {message}",))
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        jax.distributed.initialize(address, n, i, initialization_timeout=timeout_s)
+        jax.distributed.initialize(address, n, i, initialization_timeout=timeout_s + 60)
     except Exception as err:  # noqa: BLE001 - jax's errors are C++ status texts
         text = " ".join(str(err).split())[:300]
-        who = "this process" if i is None else f"process {i} of {n}"
-        raise OtherProcessError(
-            f"{who} could not join {where} within {timeout_s} s ({type(err).__name__}: "
-            f"{text}); start every process of the job (process 0 hosts the coordinator), "
-            "check the address and port, or wait longer with --init_timeout"
-        ) from None
+        raise OtherProcessError(f"{message} ({type(err).__name__}: {text})") from None
+    finally:
+        watchdog.cancel()
     log.info(
         "joined a %d-process job as process %d (%d of %d devices here)",
         jax.process_count(),
@@ -102,6 +114,11 @@ def join_job(
     )
     check_devices()
     return True
+
+
+def _give_up(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+    os._exit(2)
 
 
 def _check_job(address: str | None, n: int | None, i: int | None) -> None:
