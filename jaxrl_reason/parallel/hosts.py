@@ -10,6 +10,7 @@ others wait until they are written; orbax writes checkpoints from every process 
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -144,10 +145,11 @@ def check_devices() -> None:
     """Every process of the job must hold as many devices as the others."""
     if jax.process_count() == 1:
         return
-    counts = np.asarray(multihost_utils.process_allgather(np.int32(jax.local_device_count())))
-    if len(set(counts.tolist())) > 1:
+    per_process = collections.Counter(d.process_index for d in jax.devices())
+    counts = [per_process[p] for p in range(jax.process_count())]
+    if len(set(counts)) > 1:
         raise ValueError(
-            f"the processes hold different numbers of devices ({counts.tolist()}, by process "
+            f"the processes hold different numbers of devices ({counts}, by process "
             "id): give every process the same number (e.g. the same CUDA_VISIBLE_DEVICES "
             "count, or the same --xla_force_host_platform_device_count)"
         )
