@@ -6,6 +6,7 @@ every policy, evaluation and sample with 1 process x 8 devices. Both go through 
 collectives, so every reduction sums in the same order and the results are bitwise equal.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -100,35 +101,34 @@ def test_a_coordinator_that_never_answers_times_out_in_one_line(tmp_path):
     )
 
 
-def _pair(tmp_path, devices: tuple[int, int], cwds: tuple, workdir: str) -> list:
-    """Two processes of one job running `eval --workdir WORKDIR`, with their own device
-    counts and working directories: (returncode, stderr) of each."""
+def _job(devices: tuple[int, ...], cwds: tuple, *args: str) -> list:
+    """`jaxrl-reason ARGS` as the processes of one job, process i with `devices[i]` CPU
+    devices in working directory `cwds[i]`: (returncode, stderr) of each."""
     port, procs = _free_port(), []
-    for i in range(2):
+    for i, (count, cwd) in enumerate(zip(devices, cwds, strict=True)):
         env = _env(
             JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-            JAX_NUM_PROCESSES="2",
+            JAX_NUM_PROCESSES=str(len(devices)),
             JAX_PROCESS_ID=str(i),
-            XLA_FLAGS=f"--xla_force_host_platform_device_count={devices[i]}",
+            XLA_FLAGS=f"--xla_force_host_platform_device_count={count}",
             JAX_PLATFORMS="cpu",
         )
-        cmd = [sys.executable, "-m", "jaxrl_reason.cli", "eval", "--workdir", workdir]
         procs.append(
             subprocess.Popen(
-                cmd + ["--init_timeout", "60"],
-                cwd=cwds[i],
+                [sys.executable, "-m", "jaxrl_reason.cli", *args, "--init_timeout", "60"],
+                cwd=cwd,
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
         )
-    return [(p.wait(timeout=180), p.stderr.read()) for p in procs]
+    return [(p.wait(timeout=600), p.stderr.read()) for p in procs]
 
 
 @pytest.mark.slow  # ~12 s: two processes start jax
 def test_processes_with_different_device_counts_are_refused(tmp_path):
-    for rc, err in _pair(tmp_path, (4, 2), (tmp_path, tmp_path), str(tmp_path)):
+    for rc, err in _job((4, 2), (tmp_path, tmp_path), "eval", "--workdir", str(tmp_path)):
         assert rc == 2, err[-2000:]
         assert "error: the processes hold different numbers of devices ([4, 2], by process" in err
 
@@ -138,7 +138,7 @@ def test_a_workdir_the_processes_do_not_share_is_refused(tmp_path):
     # hosts without a shared file system.
     for host in ("a", "b"):
         (tmp_path / host / "run").mkdir(parents=True)
-    results = _pair(tmp_path, (2, 2), (tmp_path / "a", tmp_path / "b"), "run")
+    results = _job((2, 2), (tmp_path / "a", tmp_path / "b"), "eval", "--workdir", "run")
     for rc, err in results:
         assert rc == 2, err[-2000:]
         assert (
@@ -215,8 +215,17 @@ def _policies(workdir) -> list:
     return [jax.tree.map(np.asarray, load_params(workdir / "policy", target, s)[0]) for s in steps]
 
 
+@pytest.fixture
+def stop_leftovers(tmp_path):
+    """Kill what a failed check leaves running (the processes of a job that hangs)."""
+    yield
+    for pid_file in tmp_path.glob("*/*.logs/*.pid"):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
 @pytest.mark.slow
-def test_two_processes_stopped_and_resumed_equal_one_process(tmp_path):
+def test_two_processes_stopped_and_resumed_equal_one_process(tmp_path, stop_leftovers):
     config = tmp_path / "smoke.gin"
     _smoke_config(config)
     one, two = tmp_path / "one" / "run", tmp_path / "two" / "run"
@@ -260,3 +269,15 @@ def test_two_processes_stopped_and_resumed_equal_one_process(tmp_path):
         "PPO sparse",
         "GRPO",
     ]
+
+    # `eval` of the finished run: the same as 2 processes and as 1.
+    flags = ("--k", "2", "--num_questions", "4", "--max_new_tokens", "16")
+    for workdir, devices in ((one, (8,)), (two, (4, 4))):
+        for rc, err in _job(
+            devices, (tmp_path,) * len(devices), "eval", "--workdir", str(workdir), *flags
+        ):
+            assert rc == 0, err[-3000:]
+    drop_path = lambda w: {
+        k: v for k, v in json.loads((w / "eval.json").read_text()).items() if k != "workdir"
+    }
+    assert drop_path(one) == drop_path(two)
