@@ -203,6 +203,12 @@ def _job_flags() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to wait for every process to join (default 300)",
     )
+    group.add_argument(
+        "--find_peers",
+        action="store_true",
+        help="join the job jax finds by itself (a Cloud TPU pod slice, whose hosts only its "
+        "metadata server knows; Slurm, Open MPI): what launch/tpu_pod.sh passes",
+    )
     return job
 
 
@@ -409,6 +415,7 @@ def _join_job(args: argparse.Namespace) -> None:
             args.process_id,
             args.init_timeout,
             what=f"jaxrl-reason {args.command}",
+            find_peers=args.find_peers,
         )
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train on a Cloud TPU VM pod slice: create it (if needed), ship this checkout to every
 # host, install it with TPU JAX, and run the same command on all hosts at once
-# (`--worker=all`). JAX joins the hosts into one job by itself (jax.distributed).
+# (`--worker=all`). JAX joins the hosts into one job by itself (`--find_peers`:
+# jax.distributed.initialize() reads the pod's hosts from the TPU metadata server).
 #
 #   launch/tpu_pod.sh [--dry-run] CONFIG WORKDIR [more jaxrl-reason args, e.g. --gin_param ...]
 #   WORKDIR must be a directory every host sees, e.g. a gcsfuse mount of a bucket
@@ -65,7 +66,8 @@ run "${TPU[@]}" scp "$ARCHIVE" "$TPU_NAME":jaxrl_reason.tar.gz "${FLAGS[@]}" --w
 run rm -f "$ARCHIVE"
 
 # 3. Install and run on all hosts; quotes keep the arguments intact through ssh.
-ARGS=$(printf '%q ' "$CONFIG" --workdir "$WORKDIR" "$@")
+# --find_peers: jax.distributed.initialize() learns the hosts from the TPU metadata server.
+ARGS=$(printf '%q ' "$CONFIG" --workdir "$WORKDIR" --find_peers "$@")
 run "${TPU[@]}" ssh "$TPU_NAME" "${FLAGS[@]}" --worker=all --command "
   set -e
   mkdir -p ~/jaxrl_reason && tar -xzf ~/jaxrl_reason.tar.gz -C ~/jaxrl_reason

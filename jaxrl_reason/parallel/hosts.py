@@ -59,6 +59,7 @@ def join_job(
     process_id: int | None = None,
     timeout_s: int = DEFAULT_TIMEOUT_S,
     what: str = "jaxrl-reason",
+    find_peers: bool = False,
 ) -> bool:
     """Join the multi-controller job this process is one of; False (nothing done) when it
     runs alone.
@@ -67,7 +68,9 @@ def join_job(
     JAX_PROCESS_ID; given, all three are needed (a job of one process is joined too: its
     collectives then run as a larger job's do). With none of them set, a TPU pod or a
     Slurm job of several tasks is joined with `jax.distributed.initialize()`, which finds
-    its peers itself; otherwise the process runs alone, as a single process always has.
+    its peers itself, and so is whatever jax detects when `find_peers` (a Cloud TPU VM
+    tells its peers only through its metadata server, which only jax reads: what
+    `launch/tpu_pod.sh` passes); otherwise the process runs alone, as it always has.
     A job that does not assemble within `timeout_s` seconds ends the process (exit
     status 2) with one line, `WHAT: error: ...`, naming the coordinator.
     """
@@ -79,9 +82,9 @@ def join_job(
     if timeout_s < 1:
         raise ValueError(f"--init_timeout must be >= 1 second, got {timeout_s}")
     if address is None and n is None and i is None:
-        if not _pod_or_cluster():
+        if not (find_peers or _pod_or_cluster()):
             return False
-        where = "the TPU pod / Slurm job (found by jax)"
+        where = "the job jax found (TPU pod slice, Slurm ...)"
     else:
         where = f"the coordinator {address}"
         _check_job(address, n, i)

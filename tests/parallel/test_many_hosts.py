@@ -168,7 +168,7 @@ def test_the_launch_scripts_dry_run_print_their_commands(tmp_path):
     lines = tpu.stdout.splitlines()
     assert any(line.startswith("gcloud compute tpus tpu-vm create jaxrl-reason") for line in lines)
     assert any(" scp " in line and "--worker=all" in line for line in lines)
-    assert "jaxrl-reason train c.gin --workdir /mnt/runs/x" in lines[-1]
+    assert "jaxrl-reason train c.gin --workdir /mnt/runs/x --find_peers" in lines[-1]
     local = run(LAUNCH / "multiprocess_local.sh", "--dry-run", 3, "c.gin", tmp_path / "w")
     assert local.returncode == 0, local.stderr
     commands = local.stdout.strip().splitlines()
