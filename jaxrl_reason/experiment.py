@@ -239,11 +239,12 @@ def train_experiment(
                 f"--workdir {workdir} is inside the run directory {inside[0]}: a new run there "
                 "would mix with that run's files; pick a path outside it"
             )
+    check_shared_workdir(workdir, create=False)  # (a resumed run's: before reading it)
     _check_layout(workdir)
     settings = _settings(seed, model, optimizer, evaluation, sft, rl)
     _check_settings(workdir, task, settings)  # before the tokenizer or model is made
     workdir.mkdir(parents=True, exist_ok=True)
-    check_shared_workdir(workdir)
+    check_shared_workdir(workdir)  # (a new run's)
     if on_start is not None:
         on_main_process(on_start)(workdir)
     data = load_task_data(task, seed)
