@@ -104,6 +104,11 @@ def test_a_coordinator_that_never_answers_times_out_in_one_line(tmp_path):
 def _job(devices: tuple[int, ...], cwds: tuple, *args: str) -> list:
     """`jaxrl-reason ARGS` as the processes of one job, process i with `devices[i]` CPU
     devices in working directory `cwds[i]`: (returncode, stderr) of each."""
+    return _run_job(devices, cwds, "-m", "jaxrl_reason.cli", *args, "--init_timeout", "60")
+
+
+def _run_job(devices: tuple[int, ...], cwds: tuple, *args) -> list:
+    """`python ARGS` as the processes of one job (see `_job`)."""
     port, procs = _free_port(), []
     for i, (count, cwd) in enumerate(zip(devices, cwds, strict=True)):
         env = _env(
@@ -115,7 +120,7 @@ def _job(devices: tuple[int, ...], cwds: tuple, *args: str) -> list:
         )
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "jaxrl_reason.cli", *args, "--init_timeout", "60"],
+                [sys.executable, *map(str, args)],
                 cwd=cwd,
                 env=env,
                 stdout=subprocess.PIPE,
@@ -281,3 +286,34 @@ def test_two_processes_stopped_and_resumed_equal_one_process(tmp_path, stop_left
         k: v for k, v in json.loads((w / "eval.json").read_text()).items() if k != "workdir"
     }
     assert drop_path(one) == drop_path(two)
+
+
+WRITE_FAILS = """
+import sys
+from jaxrl_reason.parallel import join_job, on_main_process
+
+join_job()
+
+@on_main_process
+def write(path):
+    open(path, "w").write("x")  # a directory on process 0: IsADirectoryError
+
+try:
+    write(sys.argv[1])
+except Exception as err:
+    print(f"{type(err).__name__}: {err}", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow  # ~12 s: two processes start jax
+def test_an_error_of_process_0_at_a_write_is_raised_on_every_process(tmp_path):
+    (tmp_path / "eval.json").mkdir()
+    script = tmp_path / "write.py"
+    script.write_text(WRITE_FAILS)
+    (rc0, err0), (rc1, err1) = _run_job((2, 2), (tmp_path,) * 2, script, tmp_path / "eval.json")
+    assert (rc0, rc1) == (3, 3), err0[-2000:] + err1[-2000:]
+    assert "IsADirectoryError" in err0.splitlines()[-1]
+    assert err1.splitlines()[-1].startswith(
+        "OtherProcessError: process 0 failed in write: IsADirectoryError"
+    )
