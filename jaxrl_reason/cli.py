@@ -21,8 +21,10 @@ def _train(args: argparse.Namespace) -> None:
 
     parse_config(args.config, args.gin_param)
     # config.gin at the start (what was parsed), then resolved at the end (what ran).
+    from jaxrl_reason.parallel import on_main_process
+
     rows = train_experiment(args.workdir, on_start=write_resolved_config)
-    write_resolved_config(args.workdir)
+    on_main_process(write_resolved_config)(args.workdir)
     if not rows:  # the ORM alone: it scores, it is not a policy to tabulate
         print(
             f"trained the ORM only ({args.workdir}/orm); no policy was trained: use it "
@@ -181,7 +183,37 @@ def _workdir(text: str) -> str:
     return text
 
 
+def _job_flags() -> argparse.ArgumentParser:
+    """The flags of a subcommand that computes: which process of a multi-process job this
+    is (default: the JAX_* variables; on a TPU pod or in Slurm jax finds out itself)."""
+    job = argparse.ArgumentParser(add_help=False)
+    group = job.add_argument_group(
+        "many hosts",
+        "one process of a multi-controller job (default: JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES, JAX_PROCESS_ID; none of them: one process, or on a TPU pod / in "
+        "a Slurm job what jax finds)",
+    )
+    group.add_argument("--coordinator_address", default=None, metavar="HOST:PORT")
+    group.add_argument("--num_processes", type=int, default=None)
+    group.add_argument("--process_id", type=int, default=None)
+    group.add_argument(
+        "--init_timeout",
+        type=int,
+        default=300,
+        metavar="SECONDS",
+        help="how long to wait for every process to join (default 300)",
+    )
+    group.add_argument(
+        "--find_peers",
+        action="store_true",
+        help="join the job jax finds by itself (a Cloud TPU pod slice, whose hosts only its "
+        "metadata server knows; Slurm, Open MPI): what launch/tpu_pod.sh passes",
+    )
+    return job
+
+
 def build_parser() -> argparse.ArgumentParser:
+    job = _job_flags()
     parser = argparse.ArgumentParser(
         prog="jaxrl-reason",
         description="Teach language models to reason with RL: SFT, Expert Iteration, PPO, RCRL.",
@@ -195,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="run the experiment a gin config describes (resumes)")
+    p = sub.add_parser(
+        "train", parents=[job], help="run the experiment a gin config describes (resumes)"
+    )
     p.add_argument("config", nargs="+", help="gin config file(s), e.g. configs/experiments/x.gin")
     p.add_argument(
         "--workdir", required=True, type=_workdir, help="run directory; re-running resumes it"
@@ -211,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
+        parents=[job],
         help="evaluate a run's saved policy on its test questions (--workdir; writes "
         "eval.json there and changes nothing else; every flag defaults to what the run "
         "used), or a pretrained model (--init_checkpoint DIR --task T --out OUT)",
@@ -276,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("demo", help="the built-in end-to-end demo on the `arith` task")
+    p = sub.add_parser(
+        "demo", parents=[job], help="the built-in end-to-end demo on the `arith` task"
+    )
     p.add_argument("--workdir", default="workdirs/demo", type=_workdir)
     p.add_argument(
         "--algorithms",
@@ -307,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser(
-        "study",
+        parents=[job],
+        name="study",
         help="the paper's five findings on arith: every method at equal samples, SFT "
         "epochs, exploration; writes report.md with figures and a verdict per finding",
     )
@@ -366,6 +404,21 @@ def _quiet_libraries(record: logging.LogRecord) -> bool:
 _COMPUTES = ("train", "demo", "study")  # SIGTERM finishes and saves the unit of work
 
 
+def _join_job(args: argparse.Namespace) -> None:
+    """Join the multi-process job when this process is one of several (see `_job_flags`)."""
+    from jaxrl_reason.parallel import join_job
+
+    if hasattr(args, "init_timeout"):
+        join_job(
+            args.coordinator_address,
+            args.num_processes,
+            args.process_id,
+            args.init_timeout,
+            what=f"jaxrl-reason {args.command}",
+            find_peers=args.find_peers,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand. Any error ends in one line, `jaxrl-reason CMD: error: ...` and exit
     status 2 (the traceback with -v/--debug); SIGTERM ends training after saving, with
@@ -385,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signals = defer_sigterm() if args.command in _COMPUTES else abort_on_sigterm(args.command)
     try:
         with signals:
+            _join_job(args)
             args.func(args)
     except Preempted as stop:
         print(f"jaxrl-reason {args.command}: {stop}", file=sys.stderr)
@@ -409,8 +463,10 @@ def _one_line(err: BaseException) -> str:
     text = re.sub(r"\s*In call to configurable '.*$", "", text)  # gin's suffix: noise here
     if isinstance(err, OSError) and err.filename is not None:  # the system's: say what to do
         return f"{err.filename}: {err.strerror or text}; {_OS_FIXES.get(err.errno, _OS_FIX)}"
+    from jaxrl_reason.parallel import OtherProcessError
+
     ours = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
-    if isinstance(err, (*ours, CheckpointRestoreError)):
+    if isinstance(err, (*ours, CheckpointRestoreError, OtherProcessError)):
         return text
     if "RESOURCE_EXHAUSTED" in text:
         return (

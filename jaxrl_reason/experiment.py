@@ -6,7 +6,8 @@ SFT is not listed) and runs on the one loop (`algorithms/rounds.py`); an algorit
 needs the ORM gets one trained first. The workdir holds:
 
   run.json              layout version, task, model config, tokenizer, prompt format, and for
-                        each finished phase what `eval` needs (policy step, prompt format)
+                        each finished phase what `eval` needs (policy step, prompt format);
+                        `hosts`: the process and device counts of the latest start
   config.gin            the resolved gin config (`jaxrl-reason train`)
   tokenizer.model       when the tokenizer was trained for this run
   sft/                  SFT's checkpoints and metrics
@@ -50,7 +51,7 @@ from jaxrl_reason.evaluation.report import (
     table_note,
 )
 from jaxrl_reason.model import ModelConfig, init_params, model_config
-from jaxrl_reason.parallel import make_mesh
+from jaxrl_reason.parallel import check_shared_workdir, make_mesh, on_main_process
 from jaxrl_reason.run_files import read_json, write_json
 from jaxrl_reason.training.checkpointing import (
     CheckpointRestoreError,
@@ -66,6 +67,7 @@ from jaxrl_reason.validation import NON_NEGATIVE, POSITIVE, Spec, validate
 log = logging.getLogger(__name__)
 
 LAYOUT = 2  # of a run directory; 1 (no "layout" in run.json) is before the one loop
+_write_json = on_main_process(write_json)  # a run file: process 0 writes, every process waits
 ORM_PHASE = "orm"
 
 
@@ -237,12 +239,14 @@ def train_experiment(
                 f"--workdir {workdir} is inside the run directory {inside[0]}: a new run there "
                 "would mix with that run's files; pick a path outside it"
             )
+    check_shared_workdir(workdir, create=False)  # (a resumed run's: before reading it)
     _check_layout(workdir)
     settings = _settings(seed, model, optimizer, evaluation, sft, rl)
     _check_settings(workdir, task, settings)  # before the tokenizer or model is made
     workdir.mkdir(parents=True, exist_ok=True)
+    check_shared_workdir(workdir)  # (a new run's)
     if on_start is not None:
-        on_start(workdir)
+        on_main_process(on_start)(workdir)
     data = load_task_data(task, seed)
     train, test = data.train, data.eval
     symbols = tuple(dict.fromkeys(s for a in rl for s in a.tokenizer_symbols))
@@ -310,7 +314,7 @@ def _policy_and_params(
     if tokenizer_path is None:
         tokenizer_path = str(workdir / "tokenizer.model")
         if not Path(tokenizer_path).exists():
-            train_tokenizer_for_task(
+            on_main_process(train_tokenizer_for_task)(
                 task.name,
                 tokenizer_path,
                 vocab_size=model.tokenizer_vocab_size,
@@ -498,6 +502,13 @@ def _write_run(
         "prompt_format": dataclasses.asdict(policy.prompt_format),
         "settings": settings or {},
         "phases": {},
+        # what this (latest) start ran on; a resume may run on other hosts
+        "hosts": {
+            "process_count": jax.process_count(),
+            "device_count": jax.device_count(),
+            "local_device_count": jax.local_device_count(),
+            "platform": jax.devices()[0].platform,
+        },
     }
     path = workdir / "run.json"
     if path.exists():
@@ -512,7 +523,7 @@ def _write_run(
             )
         run["phases"] = old.get("phases", {})
         run["settings"] = {**(old.get("settings") or {}), **run["settings"]}
-    write_json(path, run)
+    _write_json(path, run)
 
 
 def _check_layout(workdir: Path) -> None:
@@ -534,7 +545,7 @@ def _record_phase(workdir: Path, phase: str, entry: dict[str, Any]) -> None:
     path = workdir / "run.json"
     run = read_json(path, "run.json")
     run["phases"][phase] = entry
-    write_json(path, run)
+    _write_json(path, run)
 
 
 # ----------------------------------------------------------------------------- results
@@ -570,7 +581,7 @@ def _finish(
         step = save_params(ctx.workdir / "policy", params, meta)
         fmt = dataclasses.asdict(eval_policy.prompt_format)
         _record_phase(ctx.workdir, phase, {"policy_step": step, "prompt_format": fmt})
-        write_json(path, evaluation)
+        _write_json(path, evaluation)
     rows.append(
         {
             "method": title,
@@ -600,13 +611,15 @@ def _recreate_policy_if_lost(
         return
     except (FileNotFoundError, CheckpointRestoreError) as err:
         log.warning("re-creating %s's policy (step %d): %s", phase, step, err)
-    move_aside(workdir / "policy", step)
+    on_main_process(move_aside)(workdir / "policy", step)
     save_params(workdir / "policy", params, meta, step)
 
 
+@on_main_process
 def write_results(
     workdir: Path, rows: list[dict[str, Any]], curves: dict[str, list[tuple[int, float]]], k: int
 ) -> str:
+    """results.json / .md / .png (by process 0; returns the table there)."""
     table = markdown_table(rows, k)
     write_json(workdir / "results.json", {"k": k, "rows": rows, "curves": curves})
     (workdir / "results.md").write_text(f"{table}\n\n{table_note(k)}\n")
@@ -736,6 +749,7 @@ def evaluate_workdir(
     directory), by default the run's own ORM when it trained one.
     """
     workdir = Path(workdir)
+    check_shared_workdir(workdir, create=False)
     run = _read_run(workdir)
     if num_questions is not None and num_questions <= 0:
         raise ValueError(f"--num_questions must be a positive number, got {num_questions}")
@@ -810,7 +824,7 @@ def _evaluate_and_write(
     row = {"method": row["method"], **result["summary"], "samples": row["samples"]}
     print(markdown_table([row], cfg.num_samples))  # first: shown even if writing fails
     print(f"\n{table_note(cfg.num_samples)}")
-    write_json(out, result)
+    _write_json(out, result)
     print(f"wrote {out}")
     return result
 
@@ -859,6 +873,7 @@ def evaluate_checkpoint(
             f"{out_file} exists: choose another --out, or pass --overwrite to replace it"
         )
     _check_pretrained(path)
+    check_shared_workdir(out)
     tok = load_tokenizer(tokenizer or checkpoint_tokenizer(path, "--tokenizer"))
     sizes = {} if num_questions is None else {"num_eval": num_questions}
     questions = TaskConfig(

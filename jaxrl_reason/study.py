@@ -43,6 +43,7 @@ from jaxrl_reason.evaluation.report import (
     paired_differences,
 )
 from jaxrl_reason.experiment import load_run, load_task_data, train_experiment
+from jaxrl_reason.parallel import on_main_process
 from jaxrl_reason.run_files import read_json, write_json
 from jaxrl_reason.sampling.rollouts import sample_rollouts
 
@@ -102,7 +103,8 @@ def run_study(
     timings["probe"] = time.perf_counter() - start
 
     report = write_report(workdir, rows, epochs_rows, probe, s, timings)
-    print(report)
+    if report is not None:  # (None on processes other than 0, which write nothing)
+        print(report)
     return {"rows": rows, "sft_epochs": epochs_rows, "probe": probe}
 
 
@@ -144,7 +146,7 @@ def exploration_probe(
         "methods": stats,
         "operations": "same solution = same sequence of calculator operations",
     }
-    write_json(path, probe)
+    on_main_process(write_json)(path, probe)
     return probe
 
 
@@ -303,6 +305,7 @@ def pass_at_k_curve(row: Mapping[str, Any], k_max: int) -> dict[int, float]:
     }
 
 
+@on_main_process
 def write_report(
     workdir: Path,
     rows: Sequence[Mapping[str, Any]],
@@ -311,7 +314,8 @@ def write_report(
     s: DemoScale,
     timings: Mapping[str, float],
 ) -> str:
-    """report.md, report.json and the four figures; returns the markdown."""
+    """report.md, report.json and the four figures (by process 0; returns the markdown
+    there)."""
     k = s.evaluation.num_samples
     found = verdicts(rows, epochs_rows, probe)
     figures = _figures(workdir, rows, epochs_rows, probe, k)

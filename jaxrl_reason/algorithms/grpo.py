@@ -64,6 +64,7 @@ from jaxrl_reason.algorithms.rounds import (
 )
 from jaxrl_reason.model import Transformer
 from jaxrl_reason.parallel import batch_shards
+from jaxrl_reason.parallel.hosts import to_host
 from jaxrl_reason.rewards.heuristic import sparse_reward
 from jaxrl_reason.sampling.rollouts import Rollouts
 from jaxrl_reason.training.optimizer import OptimizerConfig, make_optimizer, phase_optimizer
@@ -498,7 +499,7 @@ class GRPO(Algorithm):
         row_adv[: len(rollouts)] = advantages
         old, ref = sampler_lp, np.zeros(shape, np.float32)
         if cfg.recompute_logprobs or cfg.beta:  # else the sampler's log-probs are all it needs
-            recomputed, ref = jax.device_get(
+            recomputed, ref = to_host(
                 self.experience_fn(state.arrays.params, self.ref_params, shard_batch(batch, mesh))
             )
             old = np.asarray(recomputed) if cfg.recompute_logprobs else sampler_lp

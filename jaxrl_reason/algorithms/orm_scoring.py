@@ -22,6 +22,7 @@ from jaxrl_reason.data.example import Example
 from jaxrl_reason.data.pipeline import bucket_length
 from jaxrl_reason.model import ModelConfig, Transformer, param_logical_axes
 from jaxrl_reason.parallel import activation_sharding, batch_shards, logical_shardings
+from jaxrl_reason.parallel.hosts import to_host
 from jaxrl_reason.rewards.orm import final_scores, reward_logits
 from jaxrl_reason.training.checkpointing import abstract_params, load_params
 from jaxrl_reason.training.train_step import shard_batch
@@ -143,7 +144,7 @@ class ORMScorer:
         else:
             with activation_sharding(self.mesh):
                 out = self._score(self.params, arrays)
-        final, probs = jax.device_get(out)
+        final, probs = to_host(out)
         return np.asarray(final, np.float32), np.asarray(probs, np.float32)
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_reason.algorithms.round_sampling import round_key
+from jaxrl_reason.parallel.hosts import to_host
 from jaxrl_reason.training.train_step import shard_batch
 
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
@@ -132,7 +133,7 @@ def minibatch_epochs(
             mb = {k: v[order[j * size : (j + 1) * size]] for k, v in exp.items()}
             train_state, m = step_fn(train_state, shard_batch(mb, mesh), key)
             metrics.append(m)
-    metrics = jax.device_get(metrics)
+    metrics = to_host(metrics)
     if not all(bool(m["finite"]) for m in metrics):
         raise FloatingPointError(
             f"{phase} iteration {iteration + 1}: a non-finite loss (that update was skipped); "

@@ -51,6 +51,7 @@ from jaxrl_reason.algorithms.rounds import (
 )
 from jaxrl_reason.model import Transformer
 from jaxrl_reason.parallel import batch_shards
+from jaxrl_reason.parallel.hosts import to_host
 from jaxrl_reason.rewards.heuristic import sparse_reward
 from jaxrl_reason.sampling.rollouts import Rollouts
 from jaxrl_reason.training.optimizer import OptimizerConfig, make_optimizer, phase_optimizer
@@ -320,9 +321,9 @@ class PPO(Algorithm):
             jnp.float32(kl_ctl.value),
         )
         train_state, metrics = minibatch_epochs(
-            self.step_fn, state.arrays, jax.device_get(exp), mesh, self.cfg, it, self.phase
+            self.step_fn, state.arrays, to_host(exp), mesh, self.cfg, it, self.phase
         )
-        stats = {k: float(v) for k, v in jax.device_get(stats).items()}
+        stats = {k: float(v) for k, v in to_host(stats).items()}
         kl_ctl.update(stats["kl_per_sequence"], len(rollouts))
         answers = [e.answer for e in rollouts.examples]
         entry = {

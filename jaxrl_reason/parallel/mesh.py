@@ -1,10 +1,8 @@
-"""Device meshes with axes ("data", "fsdp", "tensor"), and multi-host start-up."""
+"""Device meshes with axes ("data", "fsdp", "tensor") (multi-host start-up: `hosts.py`)."""
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 from collections.abc import Sequence
 
 import gin
@@ -13,7 +11,6 @@ import numpy as np
 from jax.sharding import AxisType, Mesh
 
 MESH_AXES = ("data", "fsdp", "tensor")
-log = logging.getLogger(__name__)
 
 
 @gin.configurable
@@ -47,22 +44,3 @@ def make_mesh(
         )
     grid = np.asarray(devices, dtype=object).reshape(shape)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
-
-
-def initialize_distributed() -> None:
-    """Join the multi-host job on a pod (`jax.distributed.initialize()`); nothing locally.
-
-    A multi-host run is recognised by the environment that TPU pods and launchers set:
-    JAX_COORDINATOR_ADDRESS, a TPU pod's worker list, or SLURM with several tasks.
-    """
-    if jax.distributed.is_initialized():
-        return
-    tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    multi_host = (
-        "JAX_COORDINATOR_ADDRESS" in os.environ
-        or len([h for h in tpu_hosts.split(",") if h]) > 1
-        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    )
-    if multi_host:
-        jax.distributed.initialize()
-        log.info("joined a %d-process job as process %d", jax.process_count(), jax.process_index())

@@ -53,6 +53,7 @@ from jaxrl_reason.model.transformer import (
     rope_table,
     unstack_layers,
 )
+from jaxrl_reason.parallel.hosts import to_host
 from jaxrl_reason.parallel.rules import (
     Rules,
     activation_sharding,
@@ -200,8 +201,9 @@ class Sampler:
         chunks = chunk_sizes(glen, cfg.decode_chunks)
         decode = self._program("decode", rows_prefill, plen, rows, chunks, k, strategy, cfg.eos_ids)
         with self._context():
-            if self.mesh is not None:
+            if self.mesh is not None:  # every process puts the same prompts: its rows go
                 params = jax.device_put(params, self._param_shardings)
+                ids, mask = jax.device_put((ids, mask), batch_sharding(self.mesh, 2, self.rules))
             prompt_cache, last_logits = prefill(params, ids, mask)
             out = decode(
                 params,
@@ -213,7 +215,7 @@ class Sampler:
                 np.float32(cfg.top_p),
                 np.int32(cfg.max_new_tokens),
             )
-        out = jax.device_get(out)
+        out = to_host(out)  # every row, on every process
         t = cfg.max_new_tokens
         shape = lambda x: x[: b * k].reshape(b, k, *x.shape[1:])
         return SampleOutput(

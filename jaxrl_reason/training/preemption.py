@@ -81,7 +81,7 @@ class defer_sigterm:  # noqa: N801 - a context manager, used like a function
 def stop_if_requested(done: str) -> None:
     """Raise `Preempted` if a SIGTERM arrived: `done` says what finished and was saved."""
     global _requested
-    if _requested or _any_process(False):
+    if _any_process(_requested):  # (every process must ask: it is an all-gather)
         _requested = False
         message = f"received SIGTERM: stopped after {done}; re-run the same command to resume"
         log.warning(message)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import jax
 
 from jaxrl_reason.model import ModelConfig, Transformer
+from jaxrl_reason.parallel.hosts import to_host
 from jaxrl_reason.parallel.rules import Rules
 from jaxrl_reason.training.checkpointing import Checkpointer
 from jaxrl_reason.training.losses import LossFn, sft_loss_fn
@@ -172,7 +173,7 @@ def train_sft(
                 data_after = data.state()
                 if step + 1 < num_steps:
                     batch = _next_batch(data, step + 1)  # host work that overlaps the device's step
-                metrics = jax.device_get(metrics)
+                metrics = to_host(metrics)
                 if not bool(metrics["finite"]):
                     # The step left the state as it was: that state is the last good one.
                     ckpt.save(step, state, meta_at(step, data_before), force=True)

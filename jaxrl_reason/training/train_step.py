@@ -35,13 +35,15 @@ def model_param_shardings(model: Transformer, mesh: Mesh, rules: Rules | None = 
 def shard_batch(
     batch: dict[str, Any], mesh: Mesh | None, rules: Rules | None = None
 ) -> dict[str, jax.Array]:
-    """Host arrays -> global device arrays split over the batch axes (this host's rows)."""
+    """Host arrays -> global device arrays split over the batch axes.
+
+    Every process holds the same (whole) batch; each puts only the rows of its own
+    devices, so the global batch is the same, in the same order, on any number of hosts.
+    """
     if mesh is None:
         return {k: jnp.asarray(v) for k, v in batch.items()}
     return {
-        k: jax.make_array_from_process_local_data(
-            batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)
-        )
+        k: jax.device_put(np.asarray(v), batch_sharding(mesh, np.ndim(v), rules))
         for k, v in batch.items()
     }
 
