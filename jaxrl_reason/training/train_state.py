@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from jaxrl_reason.model import lora
 from jaxrl_reason.parallel import replicated
 
 
@@ -25,7 +26,9 @@ class TrainState:
 
     @classmethod
     def create(cls, params: Any, tx: optax.GradientTransformation) -> TrainState:
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        """With LoRA adapters in `params`, optimizer state for the adapters and heads only."""
+        trained, _ = lora.split_trainable(params)
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trained))
 
 
 def _path_keys(path: tuple[Any, ...]) -> tuple[str, ...]:

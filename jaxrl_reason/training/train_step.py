@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxrl_reason.model import Transformer, param_logical_axes
+from jaxrl_reason.model import Transformer, lora, param_logical_axes
 from jaxrl_reason.parallel import activation_sharding, batch_sharding, logical_shardings, replicated
 from jaxrl_reason.parallel.rules import Rules
 from jaxrl_reason.training.losses import Batch, LossFn, Metrics
@@ -77,14 +77,19 @@ def make_train_step(
     """
 
     def step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, metrics), grads = grad_fn(state.params, batch, rng)
+        # With LoRA adapters only they and the heads are differentiated and updated; the
+        # frozen base passes through (its donated buffers are the output's).
+        trained, frozen = lora.split_trainable(state.params)
+        grad_fn = jax.value_and_grad(
+            lambda t, batch, rng: loss_fn(lora.join(t, frozen), batch, rng), has_aux=True
+        )
+        (loss, metrics), grads = grad_fn(trained, batch, rng)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def apply(state: TrainState) -> TrainState:
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
+            updates, opt_state = tx.update(grads, state.opt_state, trained)
+            params = lora.join(optax.apply_updates(trained, updates), frozen)
             return TrainState(step=state.step + 1, params=params, opt_state=opt_state)
 
         # Only a finite step touches the state; a cond (not a select over every leaf)
