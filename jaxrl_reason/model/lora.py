@@ -37,9 +37,8 @@ Params = dict[str, Any]
 
 
 def _is_trainable(keys: tuple[str, ...]) -> bool:
-    return keys[-1].endswith(ADAPTER_SUFFIXES) or (
-        len(keys) == 1 and keys[0].startswith(_HEAD_PREFIXES)
-    )
+    # Heads sit at an LM tree's top level, which PPO nests under "policy" / "critic".
+    return keys[-1].endswith(ADAPTER_SUFFIXES) or keys[-1].startswith(_HEAD_PREFIXES)
 
 
 def _leaves(tree: Any, prefix: tuple[str, ...] = ()) -> Any:

@@ -17,6 +17,7 @@ import jax
 
 from jaxrl_reason.model import ModelConfig, Transformer
 from jaxrl_reason.parallel.rules import Rules
+from jaxrl_reason.training.adapter_checkpoints import adapter_checkpointer
 from jaxrl_reason.training.checkpointing import Checkpointer
 from jaxrl_reason.training.losses import LossFn, sft_loss_fn
 from jaxrl_reason.training.metrics_writer import MetricWriter
@@ -125,6 +126,7 @@ def train_sft(
     state = init_train_state(params, tx, mesh, shardings)
     data = batches_iterator_factory()
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=keep, async_save=async_save)
+    ckpt = adapter_checkpointer(ckpt, state)  # LoRA: adapters, heads, optimizer state only
     start = 0
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(state)
