@@ -37,6 +37,7 @@ import safetensors
 import safetensors.numpy
 from jax.experimental import multihost_utils
 
+from jaxrl_reason.model import lora
 from jaxrl_reason.model.config import _DTYPES, ModelConfig, RopeScaling
 from jaxrl_reason.run_files import RunFileError, read_json
 
@@ -657,11 +658,14 @@ def save_hf(
     `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
     Files larger than `max_shard_bytes` in total are split into shards with an index.
-    Scalar heads (value, reward) have no HF counterpart and are not written.
+    Scalar heads (value, reward) have no HF counterpart and are not written. A LoRA
+    model (`config.lora`) is written with its adapters merged (`lora.merge_adapters`).
     `extra_files` (name -> contents, e.g. a tokenizer) are written beside them.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype={dtype!r}; choose one of {sorted(_DTYPES)}")
+    if config.lora is not None:  # LoRA / QLoRA: the adapters folded into the (dequantized) base
+        config, params = lora.merge_adapters(config, params)
     np_dtype = np.dtype(_DTYPES[dtype])
     hf_config = config_to_hf(config, dtype)  # refuses a config no HF architecture matches
     # (hf name, mapping, leaf, layer) in file order, each written one at a time.

@@ -85,26 +85,44 @@ def test_rl_start_folds_trained_adapters_into_the_base(lora_params, arith_tokeni
     assert rl_start(LORA, lora_params, 0)[0] is lora_params  # untrained: kept as is
 
 
+def _direction_reward(rollouts, kind, tokenizer, shape, orm_scorer=None):
+    """The share of a response's tokens among the 64 whose output embeddings point most
+    along hidden axis 0 (a random policy earns ~1/6): a reward the layers' adapters can
+    reach through the frozen final norm and LM head (for the low-ids reward of
+    test_ppo.py, the frozen head bounds the shift of p(low) to about +0.1 here)."""
+    score = np.zeros(shape[0], np.float32)
+    for n, ids in enumerate(rollouts.response_ids):
+        score[n] = np.mean([i in _TARGET_IDS for i in ids]) if ids else 0.0
+    return score, np.zeros(shape, np.float32)
+
+
+_TARGET_IDS: set[int] = set()
+
+
 def test_ppo_with_lora_raises_a_toy_reward(
-    lora_policy, lora_params, arith_examples, tmp_path, monkeypatch
+    lora_policy, tiny_params, lora_params, arith_examples, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(ppo, "rollout_rewards", _low_ids_reward)
+    _TARGET_IDS.update(np.argsort(-np.asarray(tiny_params["lm_head"])[0])[:64].tolist())
+    monkeypatch.setattr(ppo, "rollout_rewards", _direction_reward)
     cfg = dataclasses.replace(
         SMALL,
-        num_iterations=8,
+        num_iterations=6,
         prompts_per_iteration=16,
         minibatch_size=16,
         epochs_per_iteration=4,
         temperature=1.0,
         kl_coef=0.01,
     )
-    opt = OptimizerConfig(learning_rate=1e-2)
-    params, history = run_ppo(lora_policy, lora_params, arith_examples, [], cfg, opt, tmp_path)
+    policy = dataclasses.replace(
+        lora_policy, model_config=TINY.replace(lora=LORA.lora.replace(alpha=16.0))
+    )
+    opt = OptimizerConfig(learning_rate=3e-2)
+    params, history = run_ppo(policy, lora_params, arith_examples, [], cfg, opt, tmp_path)
     scores = [h.stats["score_mean"] for h in history]
-    assert 0.3 < scores[0] < 0.7, scores
-    assert min(scores[-2:]) > scores[0] + 0.12, scores
+    assert 0.05 < scores[0] < 0.25, scores
+    assert min(scores[-2:]) > scores[0] + 0.05 and scores[-1] > scores[0] + 0.1, scores
     assert history[0].stats["kl_per_token"] == pytest.approx(0.0, abs=1e-5)  # pi = base
-    assert history[-1].stats["kl_per_token"] > 1e-4  # ... then the adapters move away
+    assert history[-1].stats["kl_per_token"] > 1e-3  # ... then the adapters move away
     _only_adapters_changed(lora_params, params)
 
 
