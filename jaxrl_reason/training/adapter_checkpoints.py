@@ -17,28 +17,13 @@ import jax
 
 from jaxrl_reason.model import lora
 from jaxrl_reason.training.checkpointing import Checkpointer
-from jaxrl_reason.training.train_state import TrainState
+from jaxrl_reason.training.train_state import TrainState, join_state, split_state
 
 BASE_KEY = "lora_base"  # meta key of the base's fingerprint
 
 
 def _params_of(arrays: Any) -> Any:
     return arrays.params if isinstance(arrays, TrainState) else arrays
-
-
-def split_state(arrays: Any) -> tuple[Any, Any]:
-    """(the saved part of `arrays`: a TrainState or params tree, the frozen base)."""
-    trained, frozen = lora.split_trainable(_params_of(arrays))
-    if isinstance(arrays, TrainState):
-        return arrays.replace(params=trained), frozen
-    return trained, frozen
-
-
-def join_state(part: Any, frozen: Any) -> Any:
-    """The inverse of `split_state`."""
-    if isinstance(part, TrainState):
-        return part.replace(params=lora.join(part.params, frozen))
-    return lora.join(part, frozen)
 
 
 def _concrete(tree: Any) -> bool:

@@ -50,6 +50,9 @@ def test_one_step_changes_only_the_adapters_and_keeps_state_for_them_only():
         state, shard_batch(next(ToyBatches(batch_size=4)), None), jax.random.key(0)
     )
     assert bool(metrics["finite"]) and float(metrics["grad_norm"]) > 0
+    # The base is shared, not copied or donated: the caller's arrays are the state's.
+    assert state.params["layers"]["mlp"]["up"] is params["layers"]["mlp"]["up"]
+    assert not params["layers"]["mlp"]["up"].is_deleted()
     after = _flat(state.params)
     assert after.keys() == before.keys()
     for k in before:
