@@ -139,7 +139,7 @@ def _weight(
         module,
         f"{name}{quantization.SCALE_SUFFIX}",
         quantization.scale_shape(shape, c.lora.quant_block),
-        axes,
+        (*axes[:-1], None),  # the blocks axis may be too short to split as the matrix's
         nn.initializers.ones,
         jnp.float32,
     )

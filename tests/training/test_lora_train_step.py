@@ -90,17 +90,20 @@ def test_adapter_dropout_needs_the_rng_and_masks_per_key():
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
-def test_sharded_lora_step_equals_single_device():
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_sharded_lora_step_equals_single_device(quantize):
+    config = CONFIG.replace(lora=CONFIG.lora.replace(quantize=quantize))
+    model = Transformer(config)
     tx = make_optimizer(OPT)
     mesh = make_mesh(data=2, fsdp=2, tensor=2, devices=jax.devices()[:8])
-    shardings = model_param_shardings(MODEL, mesh)
+    shardings = model_param_shardings(model, mesh)
     assert shardings["layers"]["attn"]["q_lora_b"].spec[-2] == "tensor"  # heads, by the rules
-    params = _lora_params()
+    params = _lora_params(config)
     sharded = init_train_state(jax.tree.map(np.array, params), tx, mesh, shardings)
     single = init_train_state(jax.tree.map(np.array, params), tx)
-    loss_fn = sft_loss_fn(MODEL)
-    step_sharded = make_train_step(MODEL, tx, loss_fn, mesh=mesh, param_shardings=shardings)
-    step_single = make_train_step(MODEL, tx, loss_fn)
+    loss_fn = sft_loss_fn(model)
+    step_sharded = make_train_step(model, tx, loss_fn, mesh=mesh, param_shardings=shardings)
+    step_single = make_train_step(model, tx, loss_fn)
     batch = next(ToyBatches(batch_size=4))
     sharded, m_sharded = step_sharded(sharded, shard_batch(batch, mesh), jax.random.key(0))
     single, m_single = step_single(single, shard_batch(batch, None), jax.random.key(0))
