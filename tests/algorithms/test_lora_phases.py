@@ -171,3 +171,23 @@ def test_sampling_with_adapters_equals_the_training_forward_pass(
         np.testing.assert_allclose(
             np.asarray(logprobs[n, len(p) : len(p) + len(lp)]), lp, atol=1e-4
         )
+
+
+@pytest.mark.slow
+def test_a_qlora_experiment_runs_every_phase_and_resumes(tmp_path):
+    """SFT -> ORM -> EI, PPO (sparse, ORM), RCRL at smoke scale with an int8 base and
+    adapters; run again, every phase restores its adapter-only state onto the rebuilt base."""
+    from jaxrl_reason.demo import expand_ppo, experiment_settings, scale_of
+    from jaxrl_reason.experiment import train_experiment
+
+    settings = {
+        "algorithms": expand_ppo(("sft", "ei", "ppo", "rcrl"), ("sparse", "orm")),
+        **experiment_settings(scale_of("smoke"), 0, "test"),
+    }
+    settings["model"] = dataclasses.replace(
+        settings["model"], lora=LoraConfig(rank=4, quantize="int8")
+    )
+    rows = train_experiment(tmp_path, show_progress=False, **settings)
+    again = train_experiment(tmp_path, show_progress=False, **settings)
+    assert [r["method"] for r in rows] == ["SFT", "EI", "PPO sparse", "PPO ORM", "RCRL"]
+    assert again == rows
