@@ -39,6 +39,7 @@ from jax.experimental import multihost_utils
 
 from jaxrl_reason.model import lora
 from jaxrl_reason.model.config import _DTYPES, ModelConfig, RopeScaling
+from jaxrl_reason.model.peft_export import save_peft_adapters
 from jaxrl_reason.run_files import RunFileError, read_json
 
 PathLike = str | os.PathLike
@@ -814,6 +815,8 @@ def export_run_to_hf(
     HF tokenizer: no tokenizer.json is written, so load it with `sentencepiece`, not
     `AutoTokenizer`); and `jaxrl_reason_policy.json`: the policy's meta and the prompt
     format it is asked in (`data.prompts.PromptFormat` fields), which its answers need.
+    A LoRA run's weights are written merged, and its adapters alone in `dst/peft_adapter`
+    (PEFT's layout, for `peft.PeftModel.from_pretrained` onto the HF export of its base).
     """
     from jaxrl_reason.experiment import load_run
 
@@ -835,4 +838,6 @@ def export_run_to_hf(
         "jaxrl_reason_policy.json": (json.dumps(about, indent=2, sort_keys=True) + "\n").encode(),
     }
     save_hf(policy.model_config, params, dst, dtype, max_shard_bytes, overwrite, extra)
+    if policy.model_config.lora is not None:  # also the adapters alone, for `peft`
+        save_peft_adapters(policy.model_config, params, pathlib.Path(dst) / "peft_adapter")
     return meta
