@@ -178,6 +178,52 @@ def qlora(args: argparse.Namespace) -> None:
         print(f"{Path(args.gguf).name}:", _logit_error(config, params, tokens))
 
 
+def ppo_step(args: argparse.Namespace) -> None:
+    """Peak RSS and median time of one PPO train step (shared critic) in one mode; run each
+    mode in its own process so that the peak is that mode's."""
+    import functools
+    import resource
+
+    from jaxrl_reason.algorithms import ppo
+    from jaxrl_reason.algorithms.actor_critic import ActorCritic
+    from jaxrl_reason.training.train_state import init_train_state
+    from jaxrl_reason.training.train_step import make_train_step
+
+    base = PRESETS[args.preset]()
+    config = base
+    params = init_params(base, jax.random.key(0))
+    if args.mode != "full":
+        quantize = "int8" if args.mode == "qlora" else "none"
+        config = base.replace(lora=LoraConfig(rank=args.rank, quantize=quantize))
+        params = lora.add_adapters(config, params, jax.random.key(1))
+    ac = ActorCritic(config)
+    cfg = ppo.PPOConfig(max_new_tokens=args.seq_len // 2)
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-5))
+    step = make_train_step(Transformer(config), tx, functools.partial(ppo._ppo_loss, ac, cfg))
+    state = init_train_state(ac.init(params, jax.random.key(2)), tx)
+    b, t = args.batch, args.seq_len
+    rng = np.random.default_rng(0)
+    batch = {
+        "tokens": jnp.asarray(rng.integers(3, base.vocab_size, (b, t)), jnp.int32),
+        "mask": jnp.ones((b, t), jnp.int32).at[:, : t // 2].set(0),
+        "old_logprobs": jnp.full((b, t), -5.0),
+        "old_values": jnp.zeros((b, t)),
+        "advantages": jnp.asarray(rng.normal(size=(b, t)), jnp.float32),
+        "returns": jnp.ones((b, t)),
+    }
+    times = []
+    for i in range(args.steps + 1):
+        start = time.perf_counter()
+        state, metrics = step(state, batch, jax.random.key(i))
+        jax.block_until_ready(metrics["loss"])
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB -> GB
+    print(
+        f"| {args.preset} | {args.mode} | {b}x{t} | {times[0]:.1f} | "
+        f"{statistics.median(times[1:]):.2f} | {peak:.2f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -193,8 +239,15 @@ def main() -> None:
     s.add_argument("--repeats", type=int, default=5)
     q = sub.add_parser("qlora")
     q.add_argument("--gguf", default="~/.cache/jaxrl_reason/SmolLM2-135M-Instruct.Q4_1.gguf")
+    p = sub.add_parser("ppo_step")
+    p.add_argument("--preset", default="small_50m")
+    p.add_argument("--mode", default="lora", choices=("full", "lora", "qlora"))
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
-    {"memory": memory, "sampling": sampling, "qlora": qlora}[args.what](args)
+    {"memory": memory, "sampling": sampling, "qlora": qlora, "ppo_step": ppo_step}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -188,9 +189,7 @@ def _fresh_adapters(config: ModelConfig, heads: tuple[str, ...]) -> Any:
 
     def init(rng: jax.Array) -> Params:
         # jitted, only the adapters are outputs: XLA drops the other initialisers.
-        from flax.core import meta
-
-        full = meta.unbox(model.init(rng, tokens, tokens)["params"])
+        full = nn.meta.unbox(model.init(rng, tokens, tokens)["params"])
         return _partition(full, lambda keys: keys[-1].endswith(ADAPTER_SUFFIXES))[0]
 
     return jax.jit(init)
@@ -203,9 +202,7 @@ def fold_adapters(config: ModelConfig, params: Params, rng: jax.Array) -> Params
     Adapters whose B are all zero (never trained) are kept as they are."""
     if all(not np.any(np.asarray(v)) for k, v in _leaves(params) if k[-1].endswith("_lora_b")):
         return params
-    merged_config, merged = merge_adapters(config, params)
-    del merged_config
-    return add_adapters(config, merged, rng)
+    return add_adapters(config, merge_adapters(config, params)[1], rng)
 
 
 def base_fingerprint(params: Params) -> dict[str, Any]:
