@@ -50,7 +50,7 @@ from jaxrl_reason.evaluation.report import (
     plot_accuracy_vs_samples,
     table_note,
 )
-from jaxrl_reason.model import ModelConfig, init_params, model_config
+from jaxrl_reason.model import LoraConfig, ModelConfig, init_params, lora, model_config
 from jaxrl_reason.parallel import check_shared_workdir, make_mesh, on_main_process
 from jaxrl_reason.run_files import read_json, write_json
 from jaxrl_reason.training.checkpointing import (
@@ -136,6 +136,7 @@ class ModelSetup:
     tokenizer_vocab_size: int = 512
     dtype: str | None = None  # compute dtype over the model's, e.g. "bfloat16"
     remat: bool | None = None
+    lora: LoraConfig | None = None  # train LoRA adapters (and heads) only; QLoRA's base
 
     def __post_init__(self) -> None:
         validate(self, {"tokenizer_vocab_size": POSITIVE})
@@ -334,6 +335,9 @@ def _policy_and_params(
         config = config.replace(dtype=model.dtype)
     if model.remat is not None:
         config = config.replace(remat=model.remat)
+    if model.lora is not None:
+        config = config.replace(lora=model.lora)
+        params = lora.add_adapters(config, params, jax.random.fold_in(jax.random.key(seed), 1))
     fmt = prompt_format(
         kind=task.prompt,
         exemplars=train,

@@ -21,10 +21,10 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from jaxrl_reason.algorithms.ppo_objective import entropy_from_logits, logprobs_from_logits
-from jaxrl_reason.model import ModelConfig, Transformer, init_params, param_logical_axes
+from jaxrl_reason.model import ModelConfig, Transformer, init_params, lora, param_logical_axes
 from jaxrl_reason.parallel import logical_shardings
 from jaxrl_reason.parallel.rules import Rules
-from jaxrl_reason.training.losses import model_inputs
+from jaxrl_reason.training.losses import dropout_rngs, model_inputs
 
 CRITICS = ("shared", "separate")
 VALUE_KEYS = ("value_head", "value_head_bias")
@@ -79,11 +79,15 @@ class ActorCritic:
         return out
 
     def forward(
-        self, params: dict[str, Any], batch: dict[str, jax.Array]
+        self, params: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Array | None = None
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """(logprobs, values, entropy), each [N, T] float32 in the sequence frame."""
+        """(logprobs, values, entropy), each [N, T] float32 in the sequence frame; `rng`
+        drives LoRA's adapter dropout (None: none)."""
         tokens, positions, input_mask = model_inputs(batch)
-        out = self.policy_model.apply({"params": params["policy"]}, tokens, positions, input_mask)
+        rngs = None if rng is None else dropout_rngs(self.config, rng)
+        out = self.policy_model.apply(
+            {"params": params["policy"]}, tokens, positions, input_mask, rngs=rngs
+        )
         logits = out.logits[:, :-1]
         logprobs = _shift(logprobs_from_logits(logits, tokens[:, 1:]))
         entropy = _shift(entropy_from_logits(logits))
@@ -96,18 +100,50 @@ class ActorCritic:
             values = critic.heads["value"]
         return logprobs, _shift(values[:, :-1]), entropy
 
-    def reference_logprobs(self, ref_params: Any, batch: dict[str, jax.Array]) -> jax.Array:
-        """log pi_ref(token t | tokens < t) [N, T] of the frozen reference LM."""
-        return sequence_logprobs(self.config, ref_params, batch)[0]
+    def reference_logprobs(
+        self, ref_params: Any, batch: dict[str, jax.Array], params: Any = None
+    ) -> jax.Array:
+        """log pi_ref(token t | tokens < t) [N, T] of the frozen reference LM: `ref_params`,
+        or with LoRA (None) the base inside the train `params`, adapters off."""
+        lm = None if params is None else self.policy_params(params)
+        return reference_logprobs(self.config, ref_params, lm, batch)
 
 
 def sequence_logprobs(
-    config: ModelConfig, params: Any, batch: dict[str, jax.Array], entropy: bool = False
+    config: ModelConfig,
+    params: Any,
+    batch: dict[str, jax.Array],
+    entropy: bool = False,
+    rng: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """(log pi(token t | tokens < t), entropy or None), [N, T] float32 in the sequence
-    frame, of the plain LM `params` (no value head)."""
+    frame, of the plain LM `params` (no value head); `rng`: LoRA's adapter dropout."""
     tokens, positions, input_mask = model_inputs(batch)
-    out = Transformer(config).apply({"params": params}, tokens, positions, input_mask)
+    rngs = None if rng is None else dropout_rngs(config, rng)
+    out = Transformer(config).apply({"params": params}, tokens, positions, input_mask, rngs=rngs)
     logits = out.logits[:, :-1]
     logprobs = _shift(logprobs_from_logits(logits, tokens[:, 1:]))
     return logprobs, _shift(entropy_from_logits(logits)) if entropy else None
+
+
+def reference_logprobs(
+    config: ModelConfig, ref_params: Any, params: Any, batch: dict[str, jax.Array]
+) -> jax.Array:
+    """log pi_ref [N, T] in the sequence frame: of the LM `ref_params`, or, when it is None
+    (LoRA), of the base inside the LM `params` with the adapters off: the same arrays in
+    the same jitted function, no second copy of the weights."""
+    if ref_params is None:
+        config, ref_params = lora.adapters_off(config, params)
+    return sequence_logprobs(config, ref_params, batch)[0]
+
+
+def rl_start(config: ModelConfig, init_params: Any, seed: int) -> tuple[Any, Any]:
+    """(start params, reference params) of a KL-regularised phase (PPO, GRPO) from pi_0.
+
+    Full fine-tuning: pi_0 is both. LoRA: pi_0's adapters (e.g. trained by SFT) are folded
+    into the base and fresh ones start (`lora.fold_adapters`), so the base with the
+    adapters off is pi_0 and the reference is None (`reference_logprobs` reads the base).
+    """
+    if not lora.has_adapters(init_params):
+        return init_params, init_params
+    return lora.fold_adapters(config, init_params, jax.random.key(seed)), None

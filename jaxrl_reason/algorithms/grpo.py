@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_reason.algorithms.actor_critic import sequence_logprobs
+from jaxrl_reason.algorithms.actor_critic import reference_logprobs, rl_start, sequence_logprobs
 from jaxrl_reason.algorithms.advantages import group_advantages
 from jaxrl_reason.algorithms.grpo_objective import grpo_loss
 from jaxrl_reason.algorithms.policy_gradient import (
@@ -242,7 +242,7 @@ def _experience(
     """[N, T] (the policy's recomputed log-probs, zeros unless `recompute_logprobs`; the
     reference's log-probs, zeros at beta 0)."""
     old = sequence_logprobs(config, params, batch)[0] if cfg.recompute_logprobs else None
-    ref = sequence_logprobs(config, ref_params, batch)[0] if cfg.beta else None
+    ref = reference_logprobs(config, ref_params, params, batch) if cfg.beta else None
     zeros = jnp.zeros(batch["tokens"].shape, jnp.float32)
     return (zeros if old is None else old), (zeros if ref is None else ref)
 
@@ -250,8 +250,7 @@ def _experience(
 def _loss(
     config: Any, cfg: GRPOConfig, params: Any, batch: dict[str, jax.Array], rng: jax.Array
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    del rng  # the model has no dropout
-    logprobs, entropy = sequence_logprobs(config, params, batch, entropy=True)
+    logprobs, entropy = sequence_logprobs(config, params, batch, entropy=True, rng=rng)
     return grpo_loss(
         logprobs,
         batch["old_logprobs"],
@@ -347,10 +346,10 @@ class GRPO(Algorithm):
         lr = cfg.learning_rate or ctx.optimizer.learning_rate
         opt = phase_optimizer(ctx.optimizer.replace(learning_rate=lr), updates)
         tx, self.step_fn, self.experience_fn, shardings = _programs(self.config, cfg, opt, mesh)
-        self.ref_params = ctx.init_params
-        if mesh is not None and cfg.beta:
+        start, self.ref_params = rl_start(self.config, ctx.init_params, cfg.seed)
+        if mesh is not None and cfg.beta and self.ref_params is not None:
             self.ref_params = jax.device_put(ctx.init_params, shardings)
-        return init_train_state(ctx.init_params, tx, mesh, shardings), {}
+        return init_train_state(start, tx, mesh, shardings), {}
 
     def policy_params(self, arrays: Any) -> Any:
         return arrays.params

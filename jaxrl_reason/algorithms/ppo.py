@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_reason.algorithms.actor_critic import CRITICS, ActorCritic
+from jaxrl_reason.algorithms.actor_critic import CRITICS, ActorCritic, rl_start
 from jaxrl_reason.algorithms.advantages import gae, token_rewards, whiten
 from jaxrl_reason.algorithms.kl_control import (
     AdaptiveKLController,
@@ -148,7 +148,7 @@ def _experience(
     """Rollout batch -> PPO training arrays (old log-probs and values, advantages,
     returns) and statistics."""
     logprobs, values, _ = ac.forward(params, batch)
-    ref_logprobs = ac.reference_logprobs(ref_params, batch)
+    ref_logprobs = ac.reference_logprobs(ref_params, batch, params)
     mask = batch["response_mask"].astype(jnp.bool_)
     old_logprobs = logprobs if cfg.recompute_logprobs else sampler_logprobs
     kl = jnp.where(mask, kl_penalty(old_logprobs, ref_logprobs, cfg.kl_kind), 0.0)
@@ -181,8 +181,7 @@ def _experience(
 def _ppo_loss(
     ac: ActorCritic, cfg: PPOConfig, params: Any, batch: dict[str, jax.Array], rng: jax.Array
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    del rng  # the model has no dropout
-    logprobs, values, entropy = ac.forward(params, batch)
+    logprobs, values, entropy = ac.forward(params, batch, rng)
     return ppo_losses(
         logprobs,
         batch["old_logprobs"],
@@ -247,8 +246,9 @@ def _kl_controller(cfg: PPOConfig) -> FixedKLController | AdaptiveKLController:
 class PPO(Algorithm):
     """PPO on the one loop: improve = rewards -> KL -> GAE -> minibatch epochs.
 
-    The start policy is also the frozen reference. Each round's statistics hold the mean
-    score, correct fraction, KL, loss and clipping statistics.
+    The start policy is also the frozen reference (with LoRA: the base, adapters off).
+    Each round's statistics hold the mean score, correct fraction, KL, loss and clipping
+    statistics.
     """
 
     def __init__(self, cfg: PPOConfig):
@@ -278,9 +278,9 @@ class PPO(Algorithm):
         lr = cfg.learning_rate or ctx.optimizer.learning_rate
         opt = phase_optimizer(ctx.optimizer.replace(learning_rate=lr), updates)
         tx, self.step_fn, self.experience_fn, shardings = _programs(self.ac, cfg, opt, mesh)
-        ac_params = self.ac.init(ctx.init_params, jax.random.key(cfg.seed))
-        self.ref_params = ctx.init_params
-        if mesh is not None:
+        start, self.ref_params = rl_start(self.ac.config, ctx.init_params, cfg.seed)
+        ac_params = self.ac.init(start, jax.random.key(cfg.seed))
+        if mesh is not None and self.ref_params is not None:
             lm = {k: v for k, v in shardings["policy"].items() if k in ctx.init_params}
             self.ref_params = jax.device_put(ctx.init_params, lm)
         host = {

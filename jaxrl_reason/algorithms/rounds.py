@@ -49,6 +49,7 @@ from jaxrl_reason.data.prompts import PromptFormat
 from jaxrl_reason.evaluation.evaluate import EvalConfig, Scorer, flat_summary, greedy_only
 from jaxrl_reason.sampling import SamplingConfig
 from jaxrl_reason.sampling.rollouts import Rollouts, sample_rollouts
+from jaxrl_reason.training.adapter_checkpoints import adapter_checkpointer
 from jaxrl_reason.training.checkpointing import Checkpointer
 from jaxrl_reason.training.metrics_writer import MetricWriter
 from jaxrl_reason.training.optimizer import OptimizerConfig
@@ -217,6 +218,7 @@ def run_rounds(algo: Algorithm, ctx: PhaseContext) -> PhaseResult:
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     state = PhaseState(arrays, host)
     ckpt = Checkpointer(ctx.workdir / "state", keep=2, async_save=False)
+    ckpt = adapter_checkpointer(ckpt, arrays)  # LoRA: adapters, heads, optimizer state only
     writer = bar = None
     result = None
     try:

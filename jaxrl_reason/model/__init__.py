@@ -1,6 +1,12 @@
 """The decoder (Llama, Qwen2/3 and Gemma 2/3 families), heads, presets and HF interop."""
 
-from jaxrl_reason.model.config import PRESETS, ModelConfig, RopeScaling, model_config
+from jaxrl_reason.model.config import (
+    PRESETS,
+    LoraConfig,
+    ModelConfig,
+    RopeScaling,
+    model_config,
+)
 from jaxrl_reason.model.hf_interop import load_hf, save_hf
 from jaxrl_reason.model.transformer import (
     ModelOutput,
@@ -16,6 +22,7 @@ from jaxrl_reason.model.transformer import (
 
 __all__ = [
     "PRESETS",
+    "LoraConfig",
     "ModelConfig",
     "ModelOutput",
     "RopeScaling",

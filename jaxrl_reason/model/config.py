@@ -12,7 +12,7 @@ from typing import Any
 import gin
 import jax.numpy as jnp
 
-from jaxrl_reason.validation import POSITIVE, setting, validate
+from jaxrl_reason.validation import POSITIVE, between, setting, validate
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ROPE_TYPES = ("llama3", "linear")
@@ -34,6 +34,46 @@ class RopeScaling:
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # attention, then MLP matrices
+QUANTIZATIONS = ("none", "int8")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (Hu et al. 2021) on the decoder's matrices, and QLoRA's frozen
+    quantized base (Dettmers et al. 2023; here blockwise int8, `model.lora`).
+
+    Each target W [in, out] gets A [in, r] (fan-in init) and B [r, out] (zeros), and the
+    layer computes x W + (alpha / r) * dropout(x) A B: zero-initialised adapters leave
+    the model as it was. `targets` name the matrices: q, k, v, o (attention projections)
+    and gate, up, down (MLP). Only adapters and scalar heads are trained; the reference
+    policy of PPO and GRPO is the base with the adapters off. `quantize="int8"` stores the
+    frozen targets' base weights as int8 with one float32 scale per block of
+    `quant_block` values (absmax), dequantized on the fly.
+    """
+
+    rank: int = setting(16, POSITIVE)
+    alpha: float = setting(32.0, POSITIVE)
+    dropout: float = setting(0.0, between(0, 1, open_high=True))
+    targets: tuple[str, ...] = setting(LORA_TARGETS, choices=LORA_TARGETS)
+    quantize: str = setting("none", choices=QUANTIZATIONS)
+    quant_block: int = setting(64, POSITIVE)
+    param_dtype: str = setting("float32", choices=("float32", "bfloat16"))
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"LoraConfig.targets lists a module twice: {self.targets}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def replace(self, **changes: Any) -> LoraConfig:
+        return dataclasses.replace(self, **changes)
 
 
 @gin.configurable
@@ -61,6 +101,9 @@ class ModelConfig:
                        (slots = positions for a left-padded row, as HF masks them)
       rope_local_theta the RoPE base of sliding layers, which then also skip `rope_scaling`
                        (Gemma 3's rope_local_base_freq); None: the same RoPE as full layers
+
+    `lora`: low-rank adapters (and QLoRA's quantized base) on the layers' matrices
+    (`LoraConfig`, `model/lora.py`); None: none.
     """
 
     vocab_size: int = setting(1024, POSITIVE)
@@ -90,6 +133,7 @@ class ModelConfig:
     dtype: str = setting("float32", choices=tuple(_DTYPES))
     param_dtype: str = setting("float32", choices=tuple(_DTYPES))
     remat: bool = False
+    lora: LoraConfig | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -141,6 +185,8 @@ class ModelConfig:
         fields = dict(fields)  # fields added since (family switches) take their defaults
         if fields.get("rope_scaling") is not None:
             fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
+        if fields.get("lora") is not None:
+            fields["lora"] = LoraConfig(**fields["lora"])
         return cls(**fields)
 
     def num_params(self, include_embeddings: bool = True) -> int:

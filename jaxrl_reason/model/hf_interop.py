@@ -37,7 +37,9 @@ import safetensors
 import safetensors.numpy
 from jax.experimental import multihost_utils
 
+from jaxrl_reason.model import lora
 from jaxrl_reason.model.config import _DTYPES, ModelConfig, RopeScaling
+from jaxrl_reason.model.peft_export import save_peft_adapters
 from jaxrl_reason.run_files import RunFileError, read_json
 
 PathLike = str | os.PathLike
@@ -657,11 +659,14 @@ def save_hf(
     `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
     Files larger than `max_shard_bytes` in total are split into shards with an index.
-    Scalar heads (value, reward) have no HF counterpart and are not written.
+    Scalar heads (value, reward) have no HF counterpart and are not written. A LoRA
+    model (`config.lora`) is written with its adapters merged (`lora.merge_adapters`).
     `extra_files` (name -> contents, e.g. a tokenizer) are written beside them.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype={dtype!r}; choose one of {sorted(_DTYPES)}")
+    if config.lora is not None:  # LoRA / QLoRA: the adapters folded into the (dequantized) base
+        config, params = lora.merge_adapters(config, params)
     np_dtype = np.dtype(_DTYPES[dtype])
     hf_config = config_to_hf(config, dtype)  # refuses a config no HF architecture matches
     # (hf name, mapping, leaf, layer) in file order, each written one at a time.
@@ -826,6 +831,8 @@ def export_run_to_hf(
     HF tokenizer: no tokenizer.json is written, so load it with `sentencepiece`, not
     `AutoTokenizer`); and `jaxrl_reason_policy.json`: the policy's meta and the prompt
     format it is asked in (`data.prompts.PromptFormat` fields), which its answers need.
+    A LoRA run's weights are written merged, and its adapters alone in `dst/peft_adapter`
+    (PEFT's layout, for `peft.PeftModel.from_pretrained` onto the HF export of its base).
     """
     from jaxrl_reason.experiment import load_run
 
@@ -847,4 +854,6 @@ def export_run_to_hf(
         "jaxrl_reason_policy.json": (json.dumps(about, indent=2, sort_keys=True) + "\n").encode(),
     }
     save_hf(policy.model_config, params, dst, dtype, max_shard_bytes, overwrite, extra)
+    if policy.model_config.lora is not None:  # also the adapters alone, for `peft`
+        save_peft_adapters(policy.model_config, params, pathlib.Path(dst) / "peft_adapter")
     return meta

@@ -31,6 +31,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jaxrl_reason.model import quantization
 from jaxrl_reason.model.config import ModelConfig
 
 Cache = dict[str, jax.Array]
@@ -124,6 +125,68 @@ def _fan_in(in_axis: Any, out_axis: Any) -> Any:
     )
 
 
+def _weight(
+    module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...], init: Any
+) -> jax.Array:
+    """A layer matrix (`name` one of `LORA_TARGETS`, shape [*in, *out]): its param, or
+    with QLoRA's int8 base (`LoraConfig.quantize`) its int8 codes times their float32
+    block scales (`quantization.dequantize`)."""
+    c = module.config
+    if c.lora is None or c.lora.quantize == "none":
+        return _param(module, name, shape, axes, init, c.weight_dtype)
+    codes = _param(module, name, shape, axes, nn.initializers.zeros, jnp.int8)
+    scales = _param(
+        module,
+        f"{name}{quantization.SCALE_SUFFIX}",
+        quantization.scale_shape(shape, c.lora.quant_block),
+        (*axes[:-1], None),  # the blocks axis may be too short to split as the matrix's
+        nn.initializers.ones,
+        jnp.float32,
+    )
+    return quantization.dequantize(codes, scales).astype(c.weight_dtype)
+
+
+def _add_lora(
+    module: nn.Module, name: str, x: jax.Array, y: jax.Array, axes: tuple[str, ...]
+) -> jax.Array:
+    """y + (alpha / r) * dropout(x) A B when `name` is an adapter target, else y.
+
+    x [B, T, *in] is the matrix's input and y [B, T, *out] its output; `axes` are the
+    matrix's logical axes (in, then out), which A [*in, r] and B [r, *out] share, with
+    "lora_rank" for r. Dropout acts only when the caller passes a "dropout" rng.
+    """
+    cfg = module.config.lora
+    if cfg is None or name not in cfg.targets:
+        return y
+    n_in = x.ndim - 2
+    in_shape, out_shape = x.shape[2:], y.shape[2:]
+    pdt, r = jnp.dtype(cfg.param_dtype), cfg.rank
+    a = _param(
+        module,
+        f"{name}_lora_a",
+        (*in_shape, r),
+        (*axes[:n_in], "lora_rank"),
+        _fan_in(tuple(range(n_in)), n_in),
+        pdt,
+    )
+    b = _param(
+        module,
+        f"{name}_lora_b",
+        (r, *out_shape),
+        ("lora_rank", *axes[n_in:]),
+        nn.initializers.zeros,
+        pdt,
+    )
+    if cfg.dropout > 0 and module.has_rng("dropout"):
+        keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - cfg.dropout, x.shape)
+        x = jnp.where(keep, x / (1.0 - cfg.dropout), 0).astype(x.dtype)
+    dt = y.dtype
+    low = jnp.tensordot(x, a.astype(dt), axes=n_in)  # [B, T, r]
+    low = nn.with_logical_constraint(low, ("batch", "length", "lora_rank"))
+    delta = jnp.tensordot(low, b.astype(dt), axes=1)  # [B, T, *out]
+    return y + (cfg.scale * delta).astype(dt)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm over the last axis; with `plus_one` the scale is 1 + the param (Gemma's,
     stored as HF stores it, so a round trip is exact)."""
@@ -185,14 +248,12 @@ class Attention(nn.Module):
         c = self.config
         dt, pdt = c.compute_dtype, c.weight_dtype
         d, n, k, h = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
-        wq = _param(self, "q", (d, n, h), ("embed", "heads", "head_dim"), _fan_in(0, (1, 2)), pdt)
-        wk = _param(
-            self, "k", (d, k, h), ("embed", "kv_heads", "head_dim"), _fan_in(0, (1, 2)), pdt
-        )
-        wv = _param(
-            self, "v", (d, k, h), ("embed", "kv_heads", "head_dim"), _fan_in(0, (1, 2)), pdt
-        )
-        wo = _param(self, "o", (n, h, d), ("heads", "head_dim", "embed"), _fan_in((0, 1), 2), pdt)
+        q_axes, kv_axes = ("embed", "heads", "head_dim"), ("embed", "kv_heads", "head_dim")
+        o_axes = ("heads", "head_dim", "embed")
+        wq = _weight(self, "q", (d, n, h), q_axes, _fan_in(0, (1, 2)))
+        wk = _weight(self, "k", (d, k, h), kv_axes, _fan_in(0, (1, 2)))
+        wv = _weight(self, "v", (d, k, h), kv_axes, _fan_in(0, (1, 2)))
+        wo = _weight(self, "o", (n, h, d), o_axes, _fan_in((0, 1), 2))
 
         # q, k and v in one einsum (one pass over x, one larger matmul).
         qkv = jnp.concatenate([wq, wk, wv], axis=1).astype(dt)  # [D, N + 2K, H]
@@ -205,6 +266,9 @@ class Attention(nn.Module):
             ]
             both = both + jnp.concatenate(biases, axis=0).astype(dt)
         q, key, val = jnp.split(both, [n, n + k], axis=2)
+        q = _add_lora(self, "q", x, q, q_axes)
+        key = _add_lora(self, "k", x, key, kv_axes)
+        val = _add_lora(self, "v", x, val, kv_axes)
         if c.qk_norm:  # per head, over head_dim, before RoPE
             q = _norm(c, "q_norm", "head_dim")(q)
             key = _norm(c, "k_norm", "head_dim")(key)
@@ -261,7 +325,8 @@ class Attention(nn.Module):
             out = out + jnp.einsum("BKGTS,BSKH->BKGTH", probs[..., start:], val)
         # One [B, T, N * H] x [N * H, D] matmul (why: BENCHMARKS.md, output projection).
         out = jnp.moveaxis(out, 3, 1).reshape(b, t, n * h)
-        return jnp.einsum("BTF,FD->BTD", out, wo.reshape(n * h, d).astype(dt)), new_kv
+        y = jnp.einsum("BTF,FD->BTD", out, wo.reshape(n * h, d).astype(dt))
+        return _add_lora(self, "o", out.reshape(b, t, n, h), y, o_axes), new_kv
 
 
 class Mlp(nn.Module):
@@ -270,20 +335,23 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
-        dt, pdt = c.compute_dtype, c.weight_dtype
-        gate = _param(self, "gate", (c.d_model, c.mlp_dim), ("embed", "mlp"), _fan_in(0, 1), pdt)
-        up = _param(self, "up", (c.d_model, c.mlp_dim), ("embed", "mlp"), _fan_in(0, 1), pdt)
-        down = _param(self, "down", (c.mlp_dim, c.d_model), ("mlp", "embed"), _fan_in(0, 1), pdt)
+        dt = c.compute_dtype
+        d, f = c.d_model, c.mlp_dim
+        gate = _weight(self, "gate", (d, f), ("embed", "mlp"), _fan_in(0, 1))
+        up = _weight(self, "up", (d, f), ("embed", "mlp"), _fan_in(0, 1))
+        down = _weight(self, "down", (f, d), ("mlp", "embed"), _fan_in(0, 1))
         # Gate and up in one einsum (why: BENCHMARKS.md, train_throughput).
         gate_up = jnp.stack([gate, up], axis=1).astype(dt)  # [D, 2, F]
         both = jnp.einsum("BTD,DCF->BTCF", x, gate_up)
+        pre_act = _add_lora(self, "gate", x, both[:, :, 0], ("embed", "mlp"))
         if c.activation == "silu":
-            act = jax.nn.silu(both[:, :, 0])
+            act = jax.nn.silu(pre_act)
         else:  # gelu_tanh: GeGLU with the tanh approximation (HF's gelu_pytorch_tanh)
-            act = jax.nn.gelu(both[:, :, 0], approximate=True)
-        hidden = act * both[:, :, 1]
+            act = jax.nn.gelu(pre_act, approximate=True)
+        hidden = act * _add_lora(self, "up", x, both[:, :, 1], ("embed", "mlp"))
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
-        return jnp.einsum("BTF,FD->BTD", hidden, down.astype(dt))
+        y = jnp.einsum("BTF,FD->BTD", hidden, down.astype(dt))
+        return _add_lora(self, "down", hidden, y, ("mlp", "embed"))
 
 
 class Block(nn.Module):
@@ -400,10 +468,13 @@ class Transformer(nn.Module):
         if c.remat:
             block = nn.remat(Block, prevent_cse=False)
         bcast = nn.broadcast
+        rngs = {"params": True}
+        if c.lora is not None and c.lora.dropout > 0:
+            rngs["dropout"] = True  # each layer its own adapter-dropout masks
         layers = nn.scan(
             block,
             variable_axes={"params": 0},
-            split_rngs={"params": True},
+            split_rngs=rngs,
             in_axes=(0, bcast, bcast, bcast, bcast, 0, bcast),
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},

@@ -30,6 +30,7 @@ DEFAULT_RULES: Rules = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("layers", None),
+    ("lora_rank", None),  # LoRA adapters: the rank axis is small, never split
 )
 
 

@@ -65,6 +65,14 @@ def model_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     return tokens, positions, batch.get("input_mask")
 
 
+def dropout_rngs(config: Any, rng: jax.Array) -> dict[str, jax.Array] | None:
+    """The `rngs` of a training forward pass: LoRA's adapter dropout is the model's only
+    randomness, so None (deterministic) unless `config.lora.dropout` > 0."""
+    if config.lora is None or config.lora.dropout == 0:
+        return None
+    return {"dropout": rng}
+
+
 # Above this many bytes of float32 logits [B, T, V], the SFT loss computes them in chunks.
 CHUNKED_LOGITS_BYTES = 256 * 2**20
 LOGIT_CHUNK_TOKENS = 1024  # B x chunk rows of logits at a time
@@ -127,16 +135,16 @@ def sft_loss_fn(model: Transformer, chunked: bool | None = None) -> LossFn:
     config = model.config
 
     def loss_fn(params: Any, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]:
-        del rng  # deterministic: no dropout in the model
         tokens, positions, input_mask = model_inputs(batch)
+        rngs = dropout_rngs(config, rng)
         use_chunks = chunked
         if use_chunks is None:
             use_chunks = tokens.size * config.vocab_size * 4 > CHUNKED_LOGITS_BYTES
         if not use_chunks:
-            out = model.apply({"params": params}, tokens, positions, input_mask)
+            out = model.apply({"params": params}, tokens, positions, input_mask, rngs=rngs)
             return response_cross_entropy(out.logits, tokens, batch["loss_mask"])
         out = model.apply(
-            {"params": params}, tokens, positions, input_mask, return_logits=False
+            {"params": params}, tokens, positions, input_mask, return_logits=False, rngs=rngs
         )
         return chunked_response_cross_entropy(
             config, out.hidden, lm_head_weights(config, params), tokens, batch["loss_mask"]

@@ -18,6 +18,7 @@ import jax
 from jaxrl_reason.model import ModelConfig, Transformer
 from jaxrl_reason.parallel.hosts import to_host
 from jaxrl_reason.parallel.rules import Rules
+from jaxrl_reason.training.adapter_checkpoints import adapter_checkpointer
 from jaxrl_reason.training.checkpointing import Checkpointer
 from jaxrl_reason.training.losses import LossFn, sft_loss_fn
 from jaxrl_reason.training.metrics_writer import MetricWriter
@@ -126,6 +127,7 @@ def train_sft(
     state = init_train_state(params, tx, mesh, shardings)
     data = batches_iterator_factory()
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=keep, async_save=async_save)
+    ckpt = adapter_checkpointer(ckpt, state)  # LoRA: adapters, heads, optimizer state only
     start = 0
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(state)

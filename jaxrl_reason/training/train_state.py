@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from jaxrl_reason.model import lora
 from jaxrl_reason.parallel import replicated
 
 
@@ -25,7 +26,26 @@ class TrainState:
 
     @classmethod
     def create(cls, params: Any, tx: optax.GradientTransformation) -> TrainState:
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        """With LoRA adapters in `params`, optimizer state for the adapters and heads only."""
+        trained, _ = lora.split_trainable(params)
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trained))
+
+
+def split_state(arrays: Any) -> tuple[Any, Any]:
+    """(the trained part, the frozen base) of a `TrainState` or a params tree: with LoRA
+    adapters the state with only the adapters and heads as params, and the rest of the
+    params; without, everything and {}."""
+    if isinstance(arrays, TrainState):
+        trained, frozen = lora.split_trainable(arrays.params)
+        return arrays.replace(params=trained), frozen
+    return lora.split_trainable(arrays)
+
+
+def join_state(part: Any, frozen: Any) -> Any:
+    """The inverse of `split_state`."""
+    if isinstance(part, TrainState):
+        return part.replace(params=lora.join(part.params, frozen))
+    return lora.join(part, frozen)
 
 
 def _path_keys(path: tuple[Any, ...]) -> tuple[str, ...]:
@@ -74,15 +94,20 @@ def init_train_state(
 
     The state owns fresh buffers (a copy of `params`), so donating it to the train step
     leaves the caller's `params` usable, e.g. to restart every EI round from them.
+    With LoRA adapters only the trained part is copied: the frozen base's arrays are the
+    caller's (the train step never donates them).
     """
+    trained, frozen = lora.split_trainable(params)
     if mesh is None:
-        return jax.jit(lambda p: TrainState.create(p, tx))(params)
+        return join_state(jax.jit(lambda p: TrainState.create(p, tx))(trained), frozen)
     if param_shardings is None:
         raise ValueError(
             "init_train_state: a mesh needs param_shardings (e.g. "
             "logical_shardings(param_logical_axes(config), mesh))"
         )
     abstract = jax.eval_shape(lambda p: TrainState.create(p, tx), params)
-    shardings = state_shardings(abstract, param_shardings, mesh)
-    params = jax.device_put(params, param_shardings)
-    return jax.jit(lambda p: TrainState.create(p, tx), out_shardings=shardings)(params)
+    part_shardings, frozen_shardings = split_state(state_shardings(abstract, param_shardings, mesh))
+    trained = jax.device_put(trained, part_shardings.params)
+    frozen = jax.device_put(frozen, frozen_shardings)
+    part = jax.jit(lambda p: TrainState.create(p, tx), out_shardings=part_shardings)(trained)
+    return join_state(part, frozen)

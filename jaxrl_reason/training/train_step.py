@@ -17,11 +17,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxrl_reason.model import Transformer, param_logical_axes
+from jaxrl_reason.model import Transformer, lora, param_logical_axes
 from jaxrl_reason.parallel import activation_sharding, batch_sharding, logical_shardings, replicated
 from jaxrl_reason.parallel.rules import Rules
 from jaxrl_reason.training.losses import Batch, LossFn, Metrics
-from jaxrl_reason.training.train_state import TrainState, state_shardings
+from jaxrl_reason.training.train_state import TrainState, join_state, split_state, state_shardings
 
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]
 EvalFn = Callable[[Any, Batch, jax.Array], Metrics]
@@ -78,27 +78,49 @@ def make_train_step(
     optimizer's, so that the logged rate is that of the update being accumulated.
     """
 
-    def step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, metrics), grads = grad_fn(state.params, batch, rng)
+    def step_part(
+        part: TrainState, frozen: Any, batch: Batch, rng: jax.Array
+    ) -> tuple[TrainState, Metrics]:
+        """The step on the trained part of a state (`split_state`; all of it without LoRA);
+        `frozen` (LoRA's base) is read, never differentiated, updated or donated."""
+        trained = part.params
+        grad_fn = jax.value_and_grad(
+            lambda t, batch, rng: loss_fn(lora.join(t, frozen), batch, rng), has_aux=True
+        )
+        (loss, metrics), grads = grad_fn(trained, batch, rng)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-        def apply(state: TrainState) -> TrainState:
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            return TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+        def apply(part: TrainState) -> TrainState:
+            updates, opt_state = tx.update(grads, part.opt_state, trained)
+            params = optax.apply_updates(trained, updates)
+            return TrainState(step=part.step + 1, params=params, opt_state=opt_state)
 
         # Only a finite step touches the state; a cond (not a select over every leaf)
         # lets XLA update the donated buffers in place.
-        new = jax.lax.cond(finite, apply, lambda state: state, state)
+        new = jax.lax.cond(finite, apply, lambda part: part, part)
         metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "finite": finite}
         if learning_rate_fn is not None:
-            metrics["learning_rate"] = learning_rate_fn(state.step // accumulation_steps)
+            metrics["learning_rate"] = learning_rate_fn(part.step // accumulation_steps)
         return new, metrics
 
+    def step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+        return step_part(state, {}, batch, rng)
+
+    # With LoRA the jitted step takes the frozen base as a separate, undonated argument:
+    # the base's buffers are shared with the caller (pi_0, PPO's reference), never copied.
+    with_base = model.config.lora is not None
     if mesh is None:
-        return jax.jit(step, donate_argnums=0)
+        if not with_base:
+            return jax.jit(step, donate_argnums=0)
+        jitted = jax.jit(step_part, donate_argnums=0)
+
+        def lora_step(state: TrainState, batch: Batch, rng: jax.Array) -> Any:
+            part, frozen = split_state(state)
+            new, metrics = jitted(part, frozen, batch, rng)
+            return join_state(new, frozen), metrics
+
+        return lora_step
     if param_shardings is None:
         param_shardings = model_param_shardings(model, mesh, rules)
     rep = replicated(mesh)
@@ -106,16 +128,25 @@ def make_train_step(
 
     def sharded_step(state: TrainState, batch: Batch, rng: jax.Array) -> Any:
         # The optimizer-state layout is read off the first state (any optax chain works).
+        part, frozen = split_state(state)
         if "step" not in compiled:
-            shardings = state_shardings(state, param_shardings, mesh)
+            part_shardings, frozen_shardings = split_state(
+                state_shardings(state, param_shardings, mesh)
+            )
             compiled["step"] = jax.jit(
-                step,
-                in_shardings=(shardings, batch_sharding(mesh, 1, rules), rep),
-                out_shardings=(shardings, rep),
+                step_part,
+                in_shardings=(
+                    part_shardings,
+                    frozen_shardings,
+                    batch_sharding(mesh, 1, rules),
+                    rep,
+                ),
+                out_shardings=(part_shardings, rep),
                 donate_argnums=0,
             )
         with activation_sharding(mesh, rules):
-            return compiled["step"](state, batch, rng)
+            new, metrics = compiled["step"](part, frozen, batch, rng)
+        return join_state(new, frozen), metrics
 
     return sharded_step
 
