@@ -56,9 +56,17 @@ class AdapterCheckpointer:
     def __getattr__(self, name: str) -> Any:  # latest_step, meta, wait, close, directory ...
         return getattr(self._ckpt, name)
 
-    def save(self, step: int, state: Any, meta: dict[str, Any] | None = None, force: bool = False):
+    def save(
+        self,
+        step: int,
+        state: Any,
+        meta: dict[str, Any] | None = None,
+        force: bool = False,
+        final: bool = False,
+    ) -> bool:
         part, _ = split_state(state)
-        return self._ckpt.save(step, part, {**(meta or {}), BASE_KEY: self._fingerprint}, force)
+        meta = {**(meta or {}), BASE_KEY: self._fingerprint}
+        return self._ckpt.save(step, part, meta, force, final)
 
     def restore(
         self, target: Any, step: int | None = None, read_only: bool = False
