@@ -20,7 +20,7 @@ from jaxrl_reason.algorithms.round_sampling import RolloutConfig
 from jaxrl_reason.algorithms.sft import SFTConfig
 from jaxrl_reason.evaluation.evaluate import EvalConfig
 from jaxrl_reason.experiment import ModelSetup, TaskConfig
-from jaxrl_reason.model.config import ModelConfig, RopeScaling
+from jaxrl_reason.model.config import LoraConfig, ModelConfig, RopeScaling
 from jaxrl_reason.sampling import SamplingConfig
 from jaxrl_reason.training.optimizer import OptimizerConfig
 from jaxrl_reason.validation import (
@@ -47,6 +47,7 @@ SETTINGS = (
     OptimizerConfig,
     ModelConfig,
     RopeScaling,
+    LoraConfig,
 )
 # Settings whose fields declare no `setting`: experiment.py passes `validate` their ranges.
 PLAIN = (TaskConfig, ModelSetup)
