@@ -93,6 +93,8 @@ _NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 # The decode loops report the tokens generated so far to `Sampler.sample`'s `progress`
 # every this many steps (a host callback; rarer ones cost nothing measurable).
 PROGRESS_EVERY = 16
+# The refilling decode lets at most rows / this many rows take a new sample per step.
+REFILL_FRACTION = 4
 _WILDCARD = -2  # stop-table padding: matches any token (stop windows start at -1: none)
 _progress_hooks: list[Callable[[int], None]] = []
 
@@ -165,10 +167,11 @@ class SampleOutput:
     the EOS; `logprobs` are under the sampling distribution (temperature and truncation
     applied; for greedy, the policy log-prob of the argmax) and `policy_logprobs` under the
     raw policy (temperature 1, no truncation); both are 0 at padding. `stopped_by_eos`
-    is False for a sample ended by a stop sequence. `decode_steps` is how many tokens the
-    loop generated per row before every row was done, and `decode_rows_steps` its decode
-    work, rows x steps: 1 - lengths.sum() / decode_rows_steps of it went to rows that had
-    finished (or never held a sample).
+    is False for a sample ended by a stop sequence. `decode_steps` is how many steps the
+    loop ran (static: tokens per row; refill: decode steps) and `decode_rows_steps` the
+    token draws it made room for: rows x steps (refill: plus each sample's first token,
+    drawn from the prefill's logits when it takes a row). 1 - lengths.sum() /
+    decode_rows_steps of them went to rows that had finished (or held no sample).
     """
 
     tokens: np.ndarray  # [B, K, T] int32
@@ -198,15 +201,19 @@ class DecodeState:
 
 @flax.struct.dataclass
 class RefillState:
-    """What the refilling decode loop carries. Row r holds sample `sample[r]` (prompt
-    sample // K); `sample` = the output's row count marks a row with no sample left."""
+    """What the refilling decode loop carries. Row r holds sample `sample[r]`; `sample` =
+    the output's row count marks a free row (no sample, or none left)."""
 
     step: jax.Array  # [] int32: decode steps run
     next_sample: jax.Array  # [] int32: the first sample not yet started
     sample: jax.Array  # [R] int32
-    t: jax.Array  # [R] int32: tokens its sample has so far
+    t: jax.Array  # [R] int32: tokens its sample has so far (>= 1: the first is drawn at start)
     last: jax.Array  # [R] int32: its newest token (fed at the next step)
     window: jax.Array  # [R, L] int32: its last L tokens (-1: none), for stop sequences
+    prompt_len: jax.Array  # [R] int32: real tokens of its prompt
+    prompt_mask: jax.Array  # [R, P] bool: its prompt's filled slots
+    prompt_kv: list[tuple[jax.Array, jax.Array]]  # per layer, its prompt's (k, v) [R, K, P, H]
+    generated_kv: list[tuple[jax.Array, jax.Array]]  # per layer, its generated (k, v)
     generated: jax.Array  # [] int32: tokens generated so far, every sample
     out: dict[str, jax.Array]  # per sample: tokens, logprobs, policy_logprobs [N, T]; ...
 
@@ -337,7 +344,7 @@ class Sampler:
             logprobs=shape(out["logprobs"][:, :t]),
             policy_logprobs=shape(out["policy_logprobs"][:, :t]),
             decode_steps=int(out["step"]),
-            decode_rows_steps=rows * int(out["step"]),
+            decode_rows_steps=rows * int(out["step"]) + int(out.get("started", 0)),
         )
 
     @staticmethod
@@ -386,6 +393,7 @@ class Sampler:
                             "lengths": per_sample(1),
                             "stopped_by_eos": per_sample(1),
                             "step": rep,
+                            **({"started": rep} if kind == "refill" else {}),
                         },
                     )
             fn = {"prefill": self._prefill_fn, "decode": self._decode_fn}.get(kind)
@@ -609,98 +617,143 @@ class Sampler:
         stops: jax.Array,
     ) -> dict[str, jax.Array]:
         """The refilling decode: `rows` rows take the call's `num_live` samples in order,
-        a finished row's slot going to the next pending sample (see the module doc)."""
+        a finished row's slot going to the next pending sample (see the module doc).
+
+        A row holds its own copy of its prompt's cache, copied in when it takes a sample,
+        so a step reads it like any cache instead of gathering it; at most
+        `refills_per_step` rows take a sample per step (the rest wait a step), so the
+        copies cost little. A sample's first token, from its prompt's prefill logits, is
+        drawn when it takes its row.
+        """
         self.compilations["refill"] += 1
+        refills_per_step = max(2, rows // REFILL_FRACTION)
         log.info(
             "compiling sampler refill decode: prompts=%d samples=%d rows=%d prompt_len=%d "
-            "gen_len=%d strategy=%s eos=%s",
+            "gen_len=%d refills/step=%d strategy=%s eos=%s",
             rows_prefill,
             k,
             rows,
             plen,
             glen,
+            refills_per_step,
             strategy,
             eos_ids,
         )
         c = self.config
-        n_out = rows_prefill * k  # output rows; sample index n_out marks an empty row
+        n_out = rows_prefill * k  # output rows; sample index n_out marks a free row
         layers = unstack_layers(params)
-        prompt_kv = [(prompt_cache["k"][i], prompt_cache["v"][i]) for i in range(c.num_layers)]
-        prompt_len = jnp.sum(prompt_cache["mask"], axis=1, dtype=jnp.int32)  # [Bp]
+        all_kv = [(prompt_cache["k"][i], prompt_cache["v"][i]) for i in range(c.num_layers)]
+        all_len = jnp.sum(prompt_cache["mask"], axis=1, dtype=jnp.int32)  # [Bp]
         rope = rope_table(plen + glen, c)
         local_rope = rope_table(plen + glen, c, local=True) if c.rope_local_theta else None
         key_slots = (jnp.arange(plen), plen + jnp.arange(glen))
         eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
         slots = jnp.arange(glen)
-        kv_dtype = prompt_kv[0][0].dtype
 
-        def body(carry: tuple[RefillState, Any]) -> tuple[RefillState, Any]:
-            state, generated_kv = carry
+        def draw(logits: jax.Array, sample: jax.Array, t: jax.Array, window: jax.Array) -> Any:
+            """Token t of each `sample` from `logits`: (sample_step output, window, eos, ended)."""
+            keys = jax.vmap(lambda n, i: jax.random.fold_in(jax.random.fold_in(rng, n), i))(
+                sample, t
+            )
+            s = sample_step(logits, keys, temperature, top_p, strategy)
+            live = sample < num_live
+            tokens = jnp.where(live, s.tokens, self.pad_id)
+            window = _push(window, tokens)
+            hit_eos = live & jnp.isin(tokens, eos)
+            ended = live & (hit_eos | _hit_stop(window, stops) | (t + 1 >= max_new_tokens))
+            return s._replace(tokens=tokens), window, hit_eos, ended
+
+        def write(out: dict, sample: jax.Array, t: jax.Array, s: Any, hit_eos: jax.Array) -> dict:
+            """Token t of each sample into the outputs (a free row's index is dropped)."""
+            at = (sample, t)
+            out = dict(out)
+            out["tokens"] = out["tokens"].at[at].set(s.tokens, mode="drop")
+            out["logprobs"] = out["logprobs"].at[at].set(s.logprobs, mode="drop")
+            lp = s.policy_logprobs
+            out["policy_logprobs"] = out["policy_logprobs"].at[at].set(lp, mode="drop")
+            out["lengths"] = out["lengths"].at[sample].set(t + 1, mode="drop")
+            out["stopped_by_eos"] = out["stopped_by_eos"].at[sample].set(hit_eos, mode="drop")
+            return out
+
+        def refill(state: RefillState, free: jax.Array, most: int) -> RefillState:
+            """The first `most` free rows take the next pending samples: their prompt's cache
+            is copied in and their first token drawn. Other free rows are marked free."""
+            row = jnp.nonzero(free, size=most, fill_value=rows)[0]  # [M], rows: none
+            new = state.next_sample + jnp.arange(most)
+            take = (row < rows) & (new < num_live)
+            row = jnp.where(take, row, rows)  # scatters to row `rows` are dropped
+            new = jnp.where(take, new, n_out)
+            prompt = jnp.minimum(new // k, rows_prefill - 1)
+            s, window, hit_eos, ended = draw(
+                last_logits[prompt],
+                new,
+                jnp.zeros_like(new),
+                jnp.full((most, stops.shape[1]), -1, jnp.int32),
+            )
+            put = lambda buf, x: buf.at[row].set(x, mode="drop")
+            sample = jnp.where(free, n_out, state.sample)
+            return state.replace(
+                next_sample=state.next_sample + jnp.sum(take),
+                sample=put(sample, jnp.where(ended, n_out, new)),  # ended at once: free again
+                t=put(state.t, jnp.ones_like(new)),
+                last=put(state.last, s.tokens),
+                window=put(state.window, window),
+                prompt_len=put(state.prompt_len, all_len[prompt]),
+                prompt_mask=put(state.prompt_mask, prompt_cache["mask"][prompt]),
+                prompt_kv=[
+                    (put(pk, ak[prompt]), put(pv, av[prompt]))
+                    for (pk, pv), (ak, av) in zip(state.prompt_kv, all_kv)
+                ],
+                generated=state.generated + jnp.sum(take),
+                out=write(state.out, new, jnp.zeros_like(new), s, hit_eos),
+            )
+
+        def body(state: RefillState) -> RefillState:
             live = state.sample < num_live
-            prompt = jnp.minimum(state.sample // k, rows_prefill - 1)  # [R]
-            fresh = state.t == 0  # its first token comes from the prefill's logits
-            # Feed the newest token i = t - 1 at slot i, position prompt_len + i (a fresh
-            # row feeds nothing real: its output is replaced below, its write overwritten).
-            i = jnp.maximum(state.t - 1, 0)
+            # Feed each row's newest token i = t - 1 at slot i, position prompt_len + i.
+            i = state.t - 1
             logits, generated_kv = decode_step(
                 c,
                 params,
                 layers,
                 state.last[:, None],
-                (prompt_len[prompt] + i)[:, None],
-                [((pk[prompt], pv[prompt]), kv) for (pk, pv), kv in zip(prompt_kv, generated_kv)],
-                (prompt_cache["mask"][prompt], slots[None, :] <= (state.t - 1)[:, None]),
+                (state.prompt_len + i)[:, None],
+                [(p, g) for p, g in zip(state.prompt_kv, state.generated_kv)],
+                (state.prompt_mask, slots[None, :] <= i[:, None]),
                 append_at=i,
                 rope_table=rope,
                 window_slots=(key_slots, plen + i) if c.has_sliding_layers else None,
                 local_rope_table=local_rope,
             )
             generated_kv = [tuple(self._constrain_gen(a) for a in kv) for kv in generated_kv]
-            logits = jnp.where(fresh[:, None], last_logits[prompt], logits)
-
-            keys = jax.vmap(lambda n, t: jax.random.fold_in(jax.random.fold_in(rng, n), t))(
-                state.sample, state.t
-            )
-            s = sample_step(logits, keys, temperature, top_p, strategy)
-            tokens = jnp.where(live, s.tokens, self.pad_id)
-            window = _push(state.window, tokens)
-            hit_eos = live & jnp.isin(tokens, eos)
-            ended = live & (hit_eos | _hit_stop(window, stops) | (state.t + 1 >= max_new_tokens))
-            at = (state.sample, state.t)  # an empty row's index is out of range: dropped
-            out = dict(state.out)
-            out["tokens"] = out["tokens"].at[at].set(tokens, mode="drop")
-            out["logprobs"] = out["logprobs"].at[at].set(s.logprobs, mode="drop")
-            out["policy_logprobs"] = (
-                out["policy_logprobs"].at[at].set(s.policy_logprobs, mode="drop")
-            )
-            out["lengths"] = out["lengths"].at[state.sample].set(state.t + 1, mode="drop")
-            out["stopped_by_eos"] = out["stopped_by_eos"].at[state.sample].set(hit_eos, mode="drop")
-            # Refill: the ended rows, in row order, take the next pending samples.
-            new = state.next_sample + jnp.cumsum(ended) - 1
-            new = jnp.where(new < num_live, new, n_out)
+            s, window, hit_eos, ended = draw(logits, state.sample, state.t, state.window)
             generated = state.generated + jnp.sum(live)
             _maybe_report(state.step, generated)
             state = state.replace(
                 step=state.step + 1,
-                next_sample=jnp.minimum(state.next_sample + jnp.sum(ended), num_live),
-                sample=jnp.where(ended, new, state.sample),
-                t=jnp.where(ended, 0, state.t + 1),
-                last=tokens,
-                window=jnp.where(ended[:, None], -1, window),
+                t=state.t + 1,
+                last=s.tokens,
+                window=window,
+                generated_kv=generated_kv,
                 generated=generated,
-                out=out,
+                out=write(state.out, state.sample, state.t, s, hit_eos),
             )
-            return state, generated_kv
+            return refill(state, ended | ~live, refills_per_step)
 
-        first = jnp.arange(rows)
-        empty = jnp.zeros((rows, c.num_kv_heads, glen, c.head_dim), kv_dtype)
+        kv_dtype = all_kv[0][0].dtype
+        gen = jnp.zeros((rows, c.num_kv_heads, glen, c.head_dim), kv_dtype)
+        prompt = jnp.zeros((rows, c.num_kv_heads, plen, c.head_dim), kv_dtype)
         state = RefillState(
             step=jnp.zeros((), jnp.int32),
-            next_sample=jnp.minimum(rows, num_live).astype(jnp.int32),
-            sample=jnp.where(first < num_live, first, n_out).astype(jnp.int32),
-            t=jnp.zeros((rows,), jnp.int32),
+            next_sample=jnp.zeros((), jnp.int32),
+            sample=jnp.full((rows,), n_out, jnp.int32),
+            t=jnp.ones((rows,), jnp.int32),
             last=jnp.full((rows,), self.pad_id, jnp.int32),
             window=jnp.full((rows, stops.shape[1]), -1, jnp.int32),
+            prompt_len=jnp.zeros((rows,), jnp.int32),
+            prompt_mask=jnp.zeros((rows, plen), jnp.bool_),
+            prompt_kv=[(self._constrain_gen(prompt),) * 2 for _ in range(c.num_layers)],
+            generated_kv=[(self._constrain_gen(gen),) * 2 for _ in range(c.num_layers)],
             generated=jnp.zeros((), jnp.int32),
             out={
                 "tokens": jnp.full((n_out, glen), self.pad_id, jnp.int32),
@@ -710,8 +763,7 @@ class Sampler:
                 "stopped_by_eos": jnp.zeros((n_out,), jnp.bool_),
             },
         )
-        generated_kv = [(self._constrain_gen(empty),) * 2 for _ in range(c.num_layers)]
-        state, _ = jax.lax.while_loop(
-            lambda carry: jnp.any(carry[0].sample < num_live), body, (state, generated_kv)
-        )
-        return {**state.out, "step": state.step}
+        state = refill(state, jnp.ones((rows,), jnp.bool_), rows)  # every row at once
+        busy = lambda state: jnp.any(state.sample < num_live) | (state.next_sample < num_live)
+        state = jax.lax.while_loop(busy, body, state)
+        return {**state.out, "step": state.step, "started": state.next_sample}

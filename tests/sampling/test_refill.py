@@ -50,9 +50,8 @@ def test_greedy_refill_matches_full_forward_reference(tiny, sampler):
             assert out.lengths[b, k] == n
             assert out.stopped_by_eos[b, k] == (want[-1] in eos)
     assert len(lengths) > 1, "the test needs rows of different lengths"
-    # 3 rows ran the 10 samples: every step but the ones where a row sat empty was work.
-    assert out.decode_rows_steps == 3 * out.decode_steps
-    assert out.decode_steps >= -(-int(out.lengths.sum()) // 3)
+    # 3 rows ran the 10 samples, their first tokens drawn from the prefill's logits.
+    assert out.decode_rows_steps == 3 * out.decode_steps + 10 >= out.lengths.sum()
     assert sampler.compilations["refill"] >= 1
 
 
@@ -103,7 +102,7 @@ def test_refill_gives_the_static_samples_for_the_same_key(tiny, sampler):
         np.testing.assert_array_equal(out.stopped_by_eos, static.stopped_by_eos)
         np.testing.assert_allclose(out.policy_logprobs, static.policy_logprobs, atol=1e-5)
         np.testing.assert_allclose(out.logprobs, static.logprobs, atol=1e-5)
-    # Fewer rows, less work wasted on finished rows (one row: none but the fresh steps).
+    # Fewer rows, less work wasted on finished rows (one row: none).
     one = sampler.sample(params, PROMPTS, sc.replace(decode_rows=1), jax.random.key(3))
     assert one.decode_rows_steps == static.lengths.sum() < static.decode_rows_steps
 
