@@ -33,6 +33,7 @@ def test_help_lists_every_subcommand():
 ALL = ("--algorithms", "sft,ei,ppo,grpo,dapo,rcrl", "--ppo_rewards", "sparse,dense,orm,dense_orm")
 
 
+@pytest.mark.slow  # 368 s of the default suite's 64 min (shared 2-core CPU)
 def test_smoke_demo_then_eval_then_resume(tmp_path):
     workdir = tmp_path / "demo"
     out = run_cli("demo", "--workdir", str(workdir), "--scale", "smoke", *ALL)
@@ -150,6 +151,7 @@ def test_full_demo_trains_and_evaluates_sft_and_ei(tmp_path):
     )
 
 
+@pytest.mark.slow  # 89 s of the default suite's 64 min (shared 2-core CPU)
 def test_train_from_the_demo_gin_config(tmp_path):
     """`train CONFIG.gin --gin_param ...` runs what the file says and records the config."""
     workdir = tmp_path / "run"

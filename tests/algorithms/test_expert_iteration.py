@@ -140,6 +140,7 @@ def test_evaluation_is_greedy_until_the_last_round(full_every_round):
     assert k == ([8, 8, 8] if full_every_round else [0, 0, 8])
 
 
+@pytest.mark.slow  # 43 s of the default suite's 64 min (shared 2-core CPU)
 def test_a_run_killed_mid_round_resumes_bitwise(
     tmp_path, monkeypatch, tiny_policy, tiny_params, arith_examples
 ):

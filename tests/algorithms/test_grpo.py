@@ -239,6 +239,7 @@ def test_grpo_raises_a_toy_reward(tiny_policy, tiny_params, arith_examples, tmp_
     assert state.samples_drawn == 8 * 8 * 4
 
 
+@pytest.mark.slow  # 43 s of the default suite's 64 min (shared 2-core CPU)
 def test_resume_reproduces_an_uninterrupted_run(
     tiny_policy, tiny_params, arith_examples, tmp_path, monkeypatch
 ):
@@ -273,6 +274,7 @@ def test_resume_reproduces_an_uninterrupted_run(
     _same(params, full_params)
 
 
+@pytest.mark.slow  # 62 s of the default suite's 64 min (shared 2-core CPU)
 def test_sharded_update_equals_single_device(
     tiny_policy, tiny_params, arith_examples, tmp_path, monkeypatch
 ):

@@ -100,6 +100,7 @@ def _direction_reward(rollouts, kind, tokenizer, shape, orm_scorer=None):
 _TARGET_IDS: set[int] = set()
 
 
+@pytest.mark.slow  # 105 s of the default suite's 64 min (shared 2-core CPU)
 def test_ppo_with_lora_raises_a_toy_reward(
     lora_policy, tiny_params, lora_params, arith_examples, tmp_path, monkeypatch
 ):

@@ -145,6 +145,7 @@ def _low_ids_reward(rollouts, kind, tokenizer, shape, orm_scorer=None):
     return score, np.zeros(shape, np.float32)
 
 
+@pytest.mark.slow  # 51 s of the default suite's 64 min (shared 2-core CPU)
 def test_ppo_raises_a_toy_reward(tiny_policy, tiny_params, arith_examples, tmp_path, monkeypatch):
     """A toy reward a random policy earns half of; PPO must raise it."""
     monkeypatch.setattr(ppo, "rollout_rewards", _low_ids_reward)
@@ -166,6 +167,7 @@ def test_ppo_raises_a_toy_reward(tiny_policy, tiny_params, arith_examples, tmp_p
     assert history[-1].samples_drawn == 8 * 16 * 2
 
 
+@pytest.mark.slow  # 147 s of the default suite's 64 min (shared 2-core CPU)
 def test_resume_reproduces_an_uninterrupted_run(
     tiny_policy, tiny_params, arith_examples, tmp_path, monkeypatch
 ):
@@ -223,6 +225,7 @@ def test_orm_reward_without_an_orm_is_refused(tiny_policy, tiny_params, arith_ex
     assert not (tmp_path / "ppo").exists()
 
 
+@pytest.mark.slow  # 102 s of the default suite's 64 min (shared 2-core CPU)
 def test_sharded_ppo_equals_single_device(
     tiny_policy, tiny_params, arith_examples, tmp_path, monkeypatch
 ):
@@ -253,6 +256,7 @@ def test_sharded_ppo_equals_single_device(
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-3 + 1e-6)
 
 
+@pytest.mark.slow  # 41 s of the default suite's 64 min (shared 2-core CPU)
 def test_rounds_after_the_first_compile_nothing(
     tiny_policy, tiny_params, arith_examples, tmp_path, monkeypatch
 ):

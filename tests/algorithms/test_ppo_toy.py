@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from jaxrl_reason.algorithms.advantages import gae, token_rewards, whiten
 from jaxrl_reason.algorithms.kl_control import FixedKLController
@@ -126,6 +127,7 @@ def test_kl_penalty_is_exactly_zero_when_policy_equals_reference():
         assert np.all(np.asarray(kl_penalty(logprobs, ref_logprobs, kind)) == 0.0)
 
 
+@pytest.mark.slow  # 65 s of the default suite's 64 min (shared 2-core CPU)
 def test_ppo_raises_reward_on_toy_task():
     params = init_params(CONFIG, jax.random.key(0), heads=("value",))
     ref_params = jax.tree.map(jnp.copy, params)  # frozen reference = initial policy

@@ -182,6 +182,7 @@ def test_sampling_and_evaluation_condition_on_the_best_token(tmp_path, tiny_poli
     assert algo.fingerprint() == {"num_bins": 3}  # a resume under other bins is refused
 
 
+@pytest.mark.slow  # 56 s of the default suite's 64 min (shared 2-core CPU)
 def test_tiny_run_completes_and_resumes(tmp_path, tiny_policy, tiny_params, arith_examples):
     train, held_out = arith_examples[:4], arith_examples[4:6]
     cfg = rcrl.RCRLConfig(

@@ -109,6 +109,7 @@ def _toy_batch(rng, b, prompt_len=2, resp_len=6):
     }
 
 
+@pytest.mark.slow  # 56 s of the default suite's 64 min (shared 2-core CPU)
 def test_orm_learns_separable_toy_labelling():
     config = model_config(
         "tiny",

@@ -93,6 +93,7 @@ def test_same_key_same_samples_other_key_other_samples(tiny, sampler):
     assert not np.array_equal(a.tokens, c.tokens)
 
 
+@pytest.mark.slow  # 73 s of the default suite's 64 min (shared 2-core CPU)
 def test_decode_chunks_change_no_sample(tiny, sampler):
     """Keeping the generated keys in 1, 3 or 7 chunks (token boundaries at different
     steps, a chunk cut short by max_new_tokens) gives the same samples and log-probs."""
@@ -109,6 +110,7 @@ def test_decode_chunks_change_no_sample(tiny, sampler):
         np.testing.assert_allclose(out.policy_logprobs, outs[0].policy_logprobs, atol=1e-5)
 
 
+@pytest.mark.slow  # 54 s of the default suite's 64 min (shared 2-core CPU)
 def test_cpu_matmul_choice_changes_no_sample(tiny, monkeypatch):
     """On a CPU, a decode of few rows compiles with Eigen's matmuls instead of YNNPACK's
     (`CPU_EIGEN_MAX_ROWS`); both programs give the same samples and log-probs."""
@@ -130,6 +132,7 @@ def test_cpu_matmul_choice_changes_no_sample(tiny, monkeypatch):
     np.testing.assert_allclose(a.policy_logprobs, b.policy_logprobs, atol=1e-5)
 
 
+@pytest.mark.slow  # 58 s of the default suite's 64 min (shared 2-core CPU)
 def test_prompts_in_one_bucket_compile_once(tiny):
     cfg, params = tiny
     sampler = Sampler(cfg, pad_id=PAD)

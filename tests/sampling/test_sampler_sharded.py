@@ -12,6 +12,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow  # 76 s of the default suite's 64 min (shared 2-core CPU)
 def test_sharded_equals_single_device(tiny):
     cfg, params = tiny
     # Two prompts x K=3 = 6 rows: one device runs 6 rows, the mesh pads to 12 (a multiple

@@ -38,6 +38,7 @@ class _DieAt(ToyBatches):
         return super().__next__()
 
 
+@pytest.mark.slow  # 45 s of the default suite's 64 min (shared 2-core CPU)
 def test_resume_from_an_adapter_only_checkpoint_equals_an_uninterrupted_run(tmp_path):
     params = _params()
     straight = train_sft(CONFIG, params, ToyBatches, workdir=tmp_path / "a", num_steps=6, **ARGS)
