@@ -205,6 +205,7 @@ def test_progress_reports_tokens_generated_so_far(tiny, sampler):
         assert seen[0] > 0
 
 
+@pytest.mark.slow  # compiles a second model's programs (~40 s on the shared 2-core CPU)
 def test_sliding_window_family_refill_equals_static():
     """Gemma-style sliding layers: per-row query slots give the static samples."""
     cfg = model_config(
