@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrl_reason.model import model_config
+from jaxrl_reason.model import init_params
 from jaxrl_reason.sampling import Sampler, SamplingConfig
 from jaxrl_reason.sampling.sampler import stop_table
 from tests.sampling.conftest import full_forward_logits, greedy_reference
@@ -206,23 +206,9 @@ def test_progress_reports_tokens_generated_so_far(tiny, sampler):
 
 
 @pytest.mark.slow  # compiles a second model's programs (~40 s on the shared 2-core CPU)
-def test_sliding_window_family_refill_equals_static():
+def test_sliding_window_family_refill_equals_static(tiny):
     """Gemma-style sliding layers: per-row query slots give the static samples."""
-    cfg = model_config(
-        "tiny",
-        vocab_size=64,
-        d_model=32,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        mlp_dim=64,
-        max_seq_len=96,
-        layer_types=("sliding_attention", "full_attention"),
-        sliding_window=4,
-    )
-    from jaxrl_reason.model import init_params
-
+    cfg = tiny[0].replace(layer_types=("sliding_attention", "full_attention"), sliding_window=4)
     params = init_params(cfg, jax.random.key(1))
     sampler = Sampler(cfg, pad_id=PAD)
     sc = SamplingConfig(num_samples=3, max_new_tokens=11, temperature=1.0, eos_ids=(9, 17, 33))
