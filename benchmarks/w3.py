@@ -22,6 +22,7 @@ import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -153,6 +154,16 @@ class TunixIds:
         return self._pad
 
 
+def _tunix_rope_theta(tunix_llama: Any, theta: float) -> None:
+    """Make Tunix's llama3 model rotate with `theta`. Tunix 0.1.7's attention calls
+    `apply_rope` without the config's `rope_theta`, so every model gets its default of
+    1e6; the demo policy was trained with 1e4, and without this its logits differ from
+    `transformers`' on the same weights by up to half the largest logit. With it they
+    agree within 1e-5 (checked by hand on the trained policy); the work is the same."""
+    original = getattr(tunix_llama.apply_rope, "func", tunix_llama.apply_rope)
+    tunix_llama.apply_rope = functools.partial(original, rope_theta=theta)
+
+
 def bench_tunix(
     w: RealisticWorkload, policy: W3Policy, prompts: list[list[int]], repeats: int
 ) -> Callable[[], Rollout]:
@@ -160,12 +171,14 @@ def bench_tunix(
     from the policy's weights exported by `save_hf` (float32). Tunix has no K: each
     prompt is repeated K times. Its KV cache is sized to the longest prompt + the budget.
     Its loop ends when every row has hit EOS (as ours static), so its decode work is
-    inferred as rows x the longest sample."""
+    inferred as rows x the longest sample. Its RoPE is set to the policy's
+    (`_tunix_rope_theta`)."""
     from tunix.generate import sampler as tunix_sampler
     from tunix.models.llama3 import model as tunix_llama
     from tunix.models.llama3 import params as tunix_params
 
     c = policy.config
+    _tunix_rope_theta(tunix_llama, c.rope_theta)
     config = tunix_llama.ModelConfig(
         num_layers=c.num_layers,
         vocab_size=c.vocab_size,
