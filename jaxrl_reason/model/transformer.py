@@ -220,6 +220,15 @@ def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
     return x if cap is None else cap * jnp.tanh(x / cap)
 
 
+def _append(buf: jax.Array, new: jax.Array, slot: jax.Array) -> jax.Array:
+    """`buf` [B, K, S, H] with the new token's `new` [B, 1, K, H] written at `slot`: one
+    slot [] for every row, or one per row [B]."""
+    new = new[:, 0].astype(buf.dtype)  # [B, K, H]
+    if jnp.ndim(slot) == 0:
+        return jax.lax.dynamic_update_slice(buf, new[:, :, None], (0, 0, slot, 0))
+    return buf.at[jnp.arange(buf.shape[0]), :, slot].set(new)
+
+
 def _slot_masks(seg_mask: jax.Array) -> jax.Array:
     """A segment mask [Bs, S] (every query alike) or [Bs, T, S] as [Bs, 1 | T, S]."""
     return seg_mask if seg_mask.ndim == 3 else seg_mask[:, None, :]
@@ -243,7 +252,9 @@ class Attention(nn.Module):
           - `append_at` a slot (decoding, T = 1): the new token's k, v are first written at
             that slot of the last segment, which is then attended (its mask must already
             mark the slot), and the updated segment is returned. Writing before reading
-            lets XLA update the cache in place instead of copying it every step.
+            lets XLA update the cache in place instead of copying it every step. A slot
+            per row ([B]: rows at different lengths, as the refilling sampler has them)
+            writes each row at its own slot.
         """
         c = self.config
         dt, pdt = c.compute_dtype, c.weight_dtype
@@ -283,12 +294,7 @@ class Attention(nn.Module):
             if t != 1:
                 raise ValueError(f"append_at writes one token per row, got {t}")
             *earlier, last = segments_kv
-            new_kv = tuple(
-                jax.lax.dynamic_update_slice(
-                    buf, jnp.swapaxes(a, 1, 2).astype(buf.dtype), (0, 0, append_at, 0)
-                )
-                for buf, a in zip(last, (key, val))
-            )
+            new_kv = tuple(_append(buf, a, append_at) for buf, a in zip(last, (key, val)))
             segments_kv = (*earlier, new_kv)
         elif segments_kv is not None:
             new_kv = tuple(jnp.swapaxes(a, 1, 2) for a in (key, val))  # [B, K, T, H]
@@ -608,17 +614,19 @@ def decode_step(
     cached (k, v) segments of layer l and `segment_masks` their filled slots, shared by
     every layer (see `Attention`: a segment may be shared by consecutive rows). The new
     token's key and value are written at slot `append_at` of each layer's last segment
-    (whose mask must include that slot). `rope_table`: `rope_table(n, config)` with n
-    above every position, made once before a decode loop; without it the step computes
-    its sines and cosines, which XLA:CPU recomputes in every fusion that reads them
-    (per element of each layer's q and k). Returns logits [B, V] float32 and each layer's
-    updated last segment. The same computation as `Transformer.__call__` with a cache of
-    those keys (tests/model/test_transformer.py checks they agree).
+    (whose mask must include that slot); `append_at` [B] gives each row its own slot.
+    `rope_table`: `rope_table(n, config)` with n above every position, made once before a
+    decode loop; without it the step computes its sines and cosines, which XLA:CPU
+    recomputes in every fusion that reads them (per element of each layer's q and k).
+    Returns logits [B, V] float32 and each layer's updated last segment. The same
+    computation as `Transformer.__call__` with a cache of those keys
+    (tests/model/test_transformer.py checks they agree).
 
     With sliding-window layers, `window_slots` = (each segment's key slots [S], the new
-    token's slot []): one timeline shared by every row (a left-padded prompt's P slots,
-    then the generated ones), so that slot distance is position distance for real
-    tokens. `local_rope_table`: `rope_table(n, config, local=True)`, as `rope_table`.
+    token's slot [], or [B] with a slot per row): one timeline shared by every row (a
+    left-padded prompt's P slots, then the generated ones), so that slot distance is
+    position distance for real tokens. `local_rope_table`: `rope_table(n, config,
+    local=True)`, as `rope_table`.
     """
     c = config
     table = nn.with_logical_constraint(params["embedding"], ("vocab", None))
@@ -636,8 +644,10 @@ def decode_step(
                 "(each segment's key slots and the new token's slot)"
             )
         key_slots, query_slot = window_slots
-        query = jnp.reshape(query_slot, (1,))
-        windows = tuple(_window(c, query, s) for s in key_slots)
+        if jnp.ndim(query_slot) == 0:  # one timeline for every row: windows [1, S]
+            windows = tuple(_window(c, jnp.reshape(query_slot, (1,)), s) for s in key_slots)
+        else:  # a query slot per row: windows [B, 1, S]
+            windows = tuple(_window(c, query_slot, s)[:, None, :] for s in key_slots)
         local = (_local_rope(c, positions, local_rope_table), None, windows)
     block = Block(c)
     updated = []

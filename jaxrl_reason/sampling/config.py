@@ -50,7 +50,14 @@ class SamplingConfig:
     - `decode_chunks`: the generated tokens' keys are kept in this many chunks, decoded
       one loop each, so the first tokens do not attend over the empty slots of later
       ones. More chunks read less cache but compile a longer program (one model step
-      per chunk).
+      per chunk). The static decode only (`decode_rows` = 0 or enough rows for all).
+    - `decode_rows`: 0 decodes every sample of the call at once, until the longest ends
+      (static). R > 0 decodes at most R rows at once (rounded up to the batch shards) and
+      refills: a finished row's slot takes the next pending sample. Each sample draws its
+      randomness from its own index, so refill gives the static samples up to float
+      rounding; it pays when the call has more than R samples of varied lengths.
+    - `kv_dtype`: the KV cache's dtype ("bfloat16" halves its memory and reads; scores
+      are still computed in the model's compute dtype); None: the compute dtype.
     """
 
     num_samples: int = setting(1, POSITIVE, hint="K samples per prompt")
@@ -67,6 +74,8 @@ class SamplingConfig:
     generation_bucket: int = setting(32, NON_NEGATIVE, hint=_BUCKET)
     batch_bucket: int = setting(0, NON_NEGATIVE, hint=_BUCKET)
     decode_chunks: int = setting(4, POSITIVE)
+    decode_rows: int = setting(0, NON_NEGATIVE, hint="0 = static: every sample at once")
+    kv_dtype: str | None = setting(None, choices=(None, "float32", "bfloat16"))
 
     def __post_init__(self) -> None:
         validate(self)

@@ -10,6 +10,7 @@ so log-probs and scores refer to the tokens the policy chose, never to a re-toke
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,6 +79,31 @@ class Rollouts:
         )
 
 
+class _TokenRate:
+    """Tokens generated per second on a tqdm bar, over the calls so far and the running
+    one (as its decode loop reports them; a call too short to report counts its kept
+    tokens)."""
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar = bar
+        self.start = time.perf_counter()
+        self.done = 0
+        self.current = 0
+
+    def within_call(self, generated: int) -> None:
+        self.current = generated
+        self._show(self.done + generated)
+
+    def call_done(self, kept: int) -> None:
+        self.done += max(self.current, kept)
+        self.current = 0
+        self._show(self.done)
+
+    def _show(self, tokens: int) -> None:
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{tokens:,} tokens, {tokens / seconds:,.0f} tokens/s")
+
+
 def sample_rollouts(
     text_sampler: TextSampler,
     prompt_format: PromptFormat,
@@ -92,7 +118,8 @@ def sample_rollouts(
 
     Call n of the sampler uses `fold_in(rng, n)`, so a run's samples depend only on the
     key, the questions and `prompts_per_call`. `progress` names a progress bar over the
-    questions (on process 0; None: no bar).
+    questions that also shows the tokens generated per second, updated from inside each
+    sampler call (on process 0; None: no bar).
     """
     if not examples:
         raise ValueError("sample_rollouts: no questions to sample")
@@ -105,6 +132,7 @@ def sample_rollouts(
         unit="q",
         disable=progress is None or jax.process_index() != 0,
     )
+    rate = _TokenRate(bar)
     with bar:  # closed (its line ended) also when an error or SIGTERM stops the sampling
         for n, start in enumerate(range(0, len(prompts), prompts_per_call)):
             out = text_sampler.generate(
@@ -113,7 +141,9 @@ def sample_rollouts(
                 cfg,
                 jax.random.fold_in(rng, n),
                 stop_sequences=tuple(prompt_format.stop_sequences),
+                progress=None if bar.disable else rate.within_call,
             )
+            rate.call_done(int(out.num_tokens.sum()))
             for b, ids in enumerate(out.prompt_ids):
                 for j in range(k):
                     m = int(out.num_tokens[b, j])

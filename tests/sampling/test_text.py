@@ -8,7 +8,7 @@ from jaxrl_reason.sampling import SampleOutput, Sampler, SamplingConfig
 from jaxrl_reason.sampling.text import TextSampler
 from tests.sampling.conftest import greedy_reference
 
-PIECES = ["<pad>", "<s>", "</s>"] + list("0123456789QA: \n+=#abc") + ["a\n", "\nQ:"]
+PIECES = ["<pad>", "<s>", "</s>"] + list("0123456789QA: \n+=#abc.") + ["a\n", "\nQ:"]
 
 
 class CharTokenizer:
@@ -38,8 +38,8 @@ class ScriptedSampler:
         self.config = type("C", (), {"vocab_size": 64})()
         self.seen_cfg = None
 
-    def sample(self, params, prompts, cfg, rng):
-        self.seen_cfg = cfg
+    def sample(self, params, prompts, cfg, rng, stop_ids=(), progress=None):
+        self.seen_cfg, self.seen_stop_ids = cfg, stop_ids
         t = cfg.max_new_tokens
         tokens = np.zeros((1, len(self.rows), t), np.int32)
         lengths = np.array([[len(r) for r in self.rows]], np.int32)
@@ -47,7 +47,10 @@ class ScriptedSampler:
             tokens[0, k, : len(r)] = r
         logprobs = np.where(tokens > 0, -1.0, 0.0).astype(np.float32)
         eos = np.array([[r[-1] == 2 for r in self.rows]])
-        return SampleOutput(tokens, lengths, eos, logprobs, logprobs * 2, int(lengths.max()))
+        steps = int(lengths.max())
+        return SampleOutput(
+            tokens, lengths, eos, logprobs, logprobs * 2, steps, steps * len(self.rows)
+        )
 
 
 @pytest.mark.parametrize(
@@ -118,3 +121,38 @@ def test_every_eos_id_of_the_tokenizer_ends_a_sample(tiny):
     assert out.num_tokens.tolist() == [[j + 1]] and out.stopped_by_eos.tolist() == [[True]]
     assert out.tokens[0, 0, : j + 1].tolist() == free[: j + 1]
     assert out.texts == [[tok.decode(free[:j])]]  # the end token itself is not text
+
+
+def test_stop_token_ids_are_the_stop_strings_encodings():
+    from jaxrl_reason.sampling.text import stop_token_ids
+
+    tok = CharTokenizer()
+    assert stop_token_ids(tok, ("\nQ:", "", "##")) == [ids("\nQ:"), ids("##")]
+    sampler = ScriptedSampler([ids("12")])
+    TextSampler(sampler, tok).generate(
+        None, ["Q: 1"], SamplingConfig(max_new_tokens=4), jax.random.key(0), ("\nQ:",)
+    )
+    assert sampler.seen_stop_ids == [ids("\nQ:")]
+
+
+def test_stopping_in_the_loop_changes_no_text(tiny, monkeypatch):
+    """The same texts, kept tokens and log-probs as cutting only after decoding; the rows
+    that hit a stop string end there instead of running to the length budget."""
+    from jaxrl_reason.sampling import text as text_lib
+
+    cfg, params = tiny
+    tok = CharTokenizer()
+    sampler = Sampler(cfg, pad_id=tok.pad_id)
+    sc = SamplingConfig(num_samples=8, max_new_tokens=12, temperature=1.0)
+    prompts = ["Q: 1+2", "Q: 3", "Q: 45"]
+    stops = ("a", "b", "1")
+    args = (params, prompts, sc, jax.random.key(4), stops)
+    in_loop = TextSampler(sampler, tok).generate(*args)
+    monkeypatch.setattr(text_lib, "stop_token_ids", lambda tokenizer, stops: [])
+    after = TextSampler(sampler, tok).generate(*args)
+    assert in_loop.stopped_by_sequence.any() and not in_loop.stopped_by_sequence.all()
+    assert in_loop.texts == after.texts
+    np.testing.assert_array_equal(in_loop.num_tokens, after.num_tokens)
+    np.testing.assert_array_equal(in_loop.tokens, after.tokens)
+    np.testing.assert_allclose(in_loop.policy_logprobs, after.policy_logprobs, atol=1e-5)
+    np.testing.assert_array_equal(in_loop.stopped_by_eos, after.stopped_by_eos)
