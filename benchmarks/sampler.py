@@ -1,14 +1,22 @@
 """Sampler throughput against peers: ours, `transformers` generate, Tunix's sampler.
 
-Same model shape, float32, random weights, every system generates the full length (no
-EOS). Each system is built and run once (its first-call time minus the steady time is
-reported as compile time), then the systems are timed in turn, round-robin, --repeats
-times, so machine load falls on all of them alike; reported: median generated tokens/s
-and the ratios. Tunix is measured when `tunix` imports (BENCHMARKS.md says how).
+W1, W2: same model shape, float32, random weights, every system generates the full length
+(no EOS). W4: the same at a real model's size, on the weights of `--weights` (an
+`import-hf` checkpoint, e.g. SmolLM2-135M; ours and `transformers` only). Each system is
+built and run once (its first-call time minus the steady time is reported as compile
+time), then the systems are timed in turn, round-robin, --repeats times, so machine load
+falls on all of them alike; reported: median generated tokens/s and the ratios. Tunix is
+measured when `tunix` imports (BENCHMARKS.md says how).
 
-    .venv/bin/python benchmarks/sampler.py            # both workloads
+W3 (`benchmarks/w3.py`): the trained demo policy of `--w3-workdir` on arith prompts, each
+sample ended by the policy's own EOS; useful tokens/s of our static and refilling decodes
+and the peers. It is not in the default workloads: it needs a trained demo run.
+
+    .venv/bin/python benchmarks/sampler.py            # W1 and W2
     .venv/bin/python benchmarks/sampler.py --workloads W2 --repeats 9
     .venv/bin/python benchmarks/sampler.py --preset gemma_50m   # ours only: a family's cost
+    .venv/bin/python benchmarks/sampler.py --workloads W4 --weights workdirs/smollm2_135m
+    .venv/bin/python -m benchmarks.sampler --workloads W3 --w3-workdir workdirs/demo
 """
 
 from __future__ import annotations
