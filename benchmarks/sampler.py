@@ -304,7 +304,7 @@ def main_w3(args: argparse.Namespace, tunix_missing: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
+    parser.add_argument("--workloads", nargs="+", default=["W1", "W2"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument(
@@ -337,7 +337,9 @@ def main() -> None:
 
     unknown = set(args.workloads) - {*WORKLOADS, "W3"}
     if unknown:
-        parser.error(f"unknown workloads {sorted(unknown)}; choose from W1, W2, W3")
+        parser.error(f"unknown workloads {sorted(unknown)}; choose from W1, W2, W3, W4")
+    if "W4" in args.workloads and not args.weights:
+        parser.error("W4 is sized for a real model: pass --weights DIR (`jaxrl-reason import-hf`)")
     tunix_missing = tunix_reason()
     fixed = [name for name in args.workloads if name != "W3"]
     if fixed:
