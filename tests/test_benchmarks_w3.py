@@ -66,6 +66,7 @@ def test_w3_static_and_refill_count_the_same_samples_and_their_waste(early_endin
     assert re.fullmatch(rf"W3 refill/static useful tokens/s: {expected:.2f}x", last)
 
 
+@pytest.mark.slow  # torch's import and generate: ~20 s on the shared CPU
 def test_w3_transformers_stops_at_eos_on_the_exported_weights(early_ending_policy):
     pytest.importorskip("transformers")
     w = w3.RealisticWorkload(prompts=2, samples=3, new_tokens=16)
