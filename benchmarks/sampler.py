@@ -1,25 +1,36 @@
 """Sampler throughput against peers: ours, `transformers` generate, Tunix's sampler.
 
-Same model shape, float32, random weights, every system generates the full length (no
-EOS). Each system is built and run once (its first-call time minus the steady time is
-reported as compile time), then the systems are timed in turn, round-robin, --repeats
-times, so machine load falls on all of them alike; reported: median generated tokens/s
-and the ratios. Tunix is measured when `tunix` imports (BENCHMARKS.md says how).
+W1, W2: same model shape, float32, random weights, every system generates the full length
+(no EOS). W4: the same at a real model's size, on the weights of `--weights` (an
+`import-hf` checkpoint, e.g. SmolLM2-135M; ours and `transformers` only). Each system is
+built and run once (its first-call time minus the steady time is reported as compile
+time), then the systems are timed in turn, round-robin, --repeats times, so machine load
+falls on all of them alike; reported: median generated tokens/s and the ratios. Tunix is
+measured when `tunix` imports (BENCHMARKS.md says how).
 
-    .venv/bin/python benchmarks/sampler.py            # both workloads
+W3 (`benchmarks/w3.py`): the trained demo policy of `--w3-workdir` on arith prompts, each
+sample ended by the policy's own EOS; useful tokens/s of our static and refilling decodes
+and the peers. It is not in the default workloads: it needs a trained demo run.
+
+    .venv/bin/python benchmarks/sampler.py            # W1 and W2
     .venv/bin/python benchmarks/sampler.py --workloads W2 --repeats 9
     .venv/bin/python benchmarks/sampler.py --preset gemma_50m   # ours only: a family's cost
+    .venv/bin/python benchmarks/sampler.py --workloads W4 --weights workdirs/smollm2_135m
+    .venv/bin/python -m benchmarks.sampler --workloads W3 --w3-workdir workdirs/demo
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +38,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import w3  # noqa: E402
+from benchmarks.w3_policy import arith_prompts, load_w3_policy  # noqa: E402
 from jaxrl_reason.model import PRESETS, ModelConfig, init_params  # noqa: E402
-from jaxrl_reason.model.hf_interop import config_to_hf  # noqa: E402
+from jaxrl_reason.model.hf_interop import config_to_hf, load_checkpoint, save_hf  # noqa: E402
 from jaxrl_reason.sampling import Sampler, SamplingConfig  # noqa: E402
 
 MODEL = ModelConfig(
@@ -41,6 +54,7 @@ MODEL = ModelConfig(
     mlp_dim=1024,
     max_seq_len=2048,
 )
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,32 +78,53 @@ WORKLOADS = {
     "W2": Workload(
         "W2 EI-like", prompts=8, prompt_len=64, samples=16, new_tokens=128, temperature=0.7
     ),
+    # At a real model's size: `--weights` an imported SmolLM2-135M (issue #19's goal).
+    "W4": Workload(
+        "W4 real size", prompts=8, prompt_len=64, samples=4, new_tokens=128, temperature=0.7
+    ),
 }
 
 
-def seconds(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], T]) -> tuple[float, T]:
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def timed_rounds(
+    runs: dict[str, Callable[[], T]], repeats: int
+) -> tuple[dict[str, tuple[float, T]], dict[str, list[tuple[float, T]]]]:
+    """Each system's first call (seconds, result), then `repeats` rounds in which every
+    system runs once, in turn, so machine load falls on all of them alike."""
+    first = {name: timed(run) for name, run in runs.items()}
+    rounds: dict[str, list[tuple[float, T]]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            rounds[name].append(timed(run))
+    return first, rounds
 
 
 def round_robin(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, dict]:
     """Each system's first-call seconds, then its median over `repeats` rounds in which
     every system runs once."""
-    first = {name: seconds(run) for name, run in runs.items()}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            times[name].append(seconds(run))
-    return {name: {"first": first[name], "median": statistics.median(times[name])} for name in runs}
+    first, rounds = timed_rounds(runs, repeats)
+    return {
+        name: {"first": first[name][0], "median": statistics.median(s for s, _ in rounds[name])}
+        for name in runs
+    }
 
 
 def bench_ours(
-    w: Workload, prompts: np.ndarray, repeats: int, model: ModelConfig | None = None
+    w: Workload,
+    prompts: np.ndarray,
+    repeats: int,
+    model: ModelConfig | None = None,
+    params: object = None,
 ) -> Callable[[], None]:
-    """Our `Sampler` over random weights of `model` (default: `MODEL`)."""
+    """Our `Sampler` over `params` of `model` (default: random weights of `MODEL`)."""
     model = model or MODEL
-    params = init_params(model, jax.random.key(0))
+    if params is None:
+        params = init_params(model, jax.random.key(0))
     sampler = Sampler(model, pad_id=0)
     cfg = SamplingConfig(
         num_samples=w.samples, max_new_tokens=w.new_tokens, temperature=w.temperature, eos_ids=()
@@ -109,10 +144,11 @@ def bench_transformers(
     repeats: int,
     model: ModelConfig | None = None,
     device: str = "cpu",
+    hf_dir: str | Path | None = None,
 ) -> Callable[[], None]:
     """`transformers` generate over random weights of the same architecture as `model`
     (default: `MODEL`; its HF config from `config_to_hf`), in its weight dtype, on the
-    torch `device` ("cpu": 2 threads, or "cuda")."""
+    torch `device` ("cpu": 2 threads, or "cuda"); or over the weights in `hf_dir`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -120,10 +156,14 @@ def bench_transformers(
     if device == "cpu":
         torch.set_num_threads(2)
     torch.manual_seed(0)
-    hf = config_to_hf(model, dtype=model.param_dtype)
-    config = AutoConfig.for_model(hf.pop("model_type"), **hf)
-    with torch.device(device):  # initialised where it runs: a 1B model in seconds
-        net = AutoModelForCausalLM.from_config(config).to(getattr(torch, model.param_dtype))
+    dtype = getattr(torch, model.param_dtype)
+    if hf_dir is not None:
+        net = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).to(device)
+    else:
+        hf = config_to_hf(model, dtype=model.param_dtype)
+        config = AutoConfig.for_model(hf.pop("model_type"), **hf)
+        with torch.device(device):  # initialised where it runs: a 1B model in seconds
+            net = AutoModelForCausalLM.from_config(config).to(dtype)
     net.eval()
     ids = torch.as_tensor(prompts, dtype=torch.long, device=device)
     sampling = dict(do_sample=True, temperature=w.temperature, top_k=0, top_p=1.0)
@@ -241,11 +281,49 @@ def matmul_flops_per_s() -> float:
     return 2 * n**3 / statistics.median(times)
 
 
+def main_w3(args: argparse.Namespace, tunix_missing: str | None) -> None:
+    """W3 (`benchmarks/w3.py`): the trained demo policy of `--w3-workdir` on arith prompts."""
+    w = w3.RealisticWorkload(prompts=args.w3_prompts)
+    policy = load_w3_policy(args.w3_workdir, max_seq_len=512)
+    prompts = arith_prompts(policy, w.prompts)
+    if max(map(len, prompts)) + w.new_tokens > policy.config.max_seq_len:
+        raise ValueError(f"an arith prompt + {w.new_tokens} tokens exceeds max_seq_len 512")
+    builders = w3.systems(
+        [int(r) for r in args.decode_rows.split(",") if r],
+        bf16=args.kv_bf16,
+        transformers=not args.skip_transformers,
+        tunix=not tunix_missing,
+    )
+    if tunix_missing:
+        print(f"W3: Tunix not measured: {tunix_missing}", flush=True)
+    runs = {name: build(w, policy, prompts, args.repeats) for name, build in builders.items()}
+    first, rounds = timed_rounds(runs, args.repeats)
+    results = {name: w3.summarize(first[name], rounds[name]) for name in runs}
+    w3.report(w, policy, results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
+    parser.add_argument("--workloads", nargs="+", default=["W1", "W2"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument(
+        "--weights",
+        help="W1/W2/W4: ours and transformers on this `jaxrl-reason import-hf` checkpoint "
+        "(e.g. SmolLM2-135M) instead of random weights; no Tunix",
+    )
+    parser.add_argument(
+        "--w3-workdir",
+        default="workdirs/demo",
+        help="W3: a demo run whose SFT policy samples (jaxrl-reason demo --algorithms sft)",
+    )
+    parser.add_argument("--w3-prompts", type=int, default=32, help="W3: arith questions")
+    parser.add_argument(
+        "--decode-rows", default="64,128,256", help="W3: the refilling decode's row counts"
+    )
+    parser.add_argument(
+        "--kv-bf16", action="store_true", help="W3: also each setting with a bfloat16 KV cache"
+    )
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -257,15 +335,45 @@ def main() -> None:
     if args.preset:
         MODEL = PRESETS[args.preset]().replace(dtype="float32", param_dtype="float32")
 
-    peak = matmul_flops_per_s()
+    unknown = set(args.workloads) - {*WORKLOADS, "W3"}
+    if unknown:
+        parser.error(f"unknown workloads {sorted(unknown)}; choose from W1, W2, W3, W4")
+    if "W4" in args.workloads and not args.weights:
+        parser.error("W4 is sized for a real model: pass --weights DIR (`jaxrl-reason import-hf`)")
     tunix_missing = tunix_reason()
+    fixed = [name for name in args.workloads if name != "W3"]
+    if fixed:
+        main_fixed(args, fixed, tunix_missing)
+    if "W3" in args.workloads:  # last: its ratio ends the output
+        main_w3(args, tunix_missing)
+
+
+def with_weights(systems: dict[str, Callable], checkpoint: str) -> dict[str, Callable]:
+    """`systems` (ours, transformers) over the weights of an `import-hf` checkpoint
+    instead of random ones: `MODEL` becomes its config, `transformers` loads the same
+    weights exported by `save_hf` (float32)."""
+    global MODEL
+    MODEL, params = load_checkpoint(checkpoint)
+    out = {"ours": functools.partial(bench_ours, model=MODEL, params=params)}
+    if "transformers" in systems:
+        hf_dir = Path(tempfile.mkdtemp()) / "hf"
+        save_hf(MODEL, params, hf_dir)
+        out["transformers"] = functools.partial(bench_transformers, model=MODEL, hf_dir=hf_dir)
+    return out
+
+
+def main_fixed(args: argparse.Namespace, workloads: list[str], tunix_missing: str | None) -> None:
+    """W1 and W2: random weights, every system generates the full length."""
+    peak = matmul_flops_per_s()
     systems = {"ours": bench_ours}
     if not args.skip_transformers and not args.preset:
         systems["transformers"] = bench_transformers
-    if not tunix_missing and not args.preset:
+    if not tunix_missing and not args.preset and not args.weights:
         systems["tunix"] = bench_tunix
+    if args.weights:
+        systems = with_weights(systems, args.weights)
     table = []
-    for name in args.workloads:
+    for name in workloads:
         w = WORKLOADS[name]
         prompts = np.random.default_rng(0).integers(1, MODEL.vocab_size, (w.prompts, w.prompt_len))
         runs = {system: build(w, prompts, args.repeats) for system, build in systems.items()}
