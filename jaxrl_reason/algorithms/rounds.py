@@ -272,6 +272,7 @@ def _run_round(
             plan.sampling,
             plan.key,
             plan.prompts_per_call,
+            progress=f"{algo.phase} round {r} sampling" if ctx.show_progress else None,
         )
 
     rollouts = draw(algo.plan(ctx, state, r))
