@@ -272,7 +272,6 @@ def _run_round(
             plan.sampling,
             plan.key,
             plan.prompts_per_call,
-            progress=f"{algo.phase} round {r} sampling" if ctx.show_progress else None,
         )
 
     rollouts = draw(algo.plan(ctx, state, r))
